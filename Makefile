@@ -42,7 +42,17 @@ quality: install
 	$(PY) bench/depalm_quality.py
 
 paper: install
-	$(VENV)/bin/coxlmm -m experiment=paper_table1 && $(VENV)/bin/coxlmm-tables outputs/multirun/paper_table1
+	@# The paper's sweeps on the embedded default, about 20-25 min on 2 cores (docs/sweeps.md).
+	@# Old sweep dirs go first: coxlmm-tables reads every job dir under a sweep.
+	rm -rf outputs/multirun/paper_features outputs/multirun/paper_table1 outputs/multirun/layer_ablation outputs/multirun/k_ablation
+	@# 1. Features once per token, one token after another; the parallel (joblib) jobs then only read the cache.
+	$(VENV)/bin/coxlmm -m experiment=paper_features
+	@# 2. The sweeps: methods x tokens (Table 1, overlap, recovery), every layer, K.
+	$(VENV)/bin/coxlmm -m experiment=paper_table1
+	$(VENV)/bin/coxlmm -m experiment=layer_ablation
+	$(VENV)/bin/coxlmm -m experiment=k_ablation
+	@# 3. tables.md / tables.csv / runs.csv / PNG figures in each sweep dir.
+	$(VENV)/bin/coxlmm-tables outputs/multirun/paper_table1 outputs/multirun/layer_ablation outputs/multirun/k_ablation
 
 bench: install
 	$(PY) bench/extraction_throughput.py
