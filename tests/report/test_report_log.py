@@ -1,0 +1,158 @@
+"""Loggers: conf/logger resolves in single and multirun Hydra jobs; a W&B offline run writes its
+files under the run dir; a failing W&B only warns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from coxlmm.errors import CoxlmmError
+from coxlmm.grounding.concept_set import ConceptSet
+from coxlmm.report.log import build_loggers, concept_table, finish, log_run, resolve_logger_cfg
+
+REPO = Path(__file__).resolve().parents[2]
+
+APP = """
+import json, sys
+from pathlib import Path
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from coxlmm.report.log import resolve_logger_cfg
+
+@hydra.main(version_base="1.3", config_path=".", config_name="app_cfg")
+def app(cfg):
+    out = Path(HydraConfig.get().runtime.output_dir)
+    (out / "loggers.json").write_text(json.dumps({"output_dir": str(out), "logger": resolve_logger_cfg(cfg.logger)}))
+
+app()
+"""
+
+APP_CFG = """
+defaults:
+  - logger: default
+  - _self_
+seed: 0
+hydra:
+  searchpath: [file://{conf}]
+  run: {{dir: {tmp}/runs/single}}
+  sweep: {{dir: {tmp}/multirun/sweep1, subdir: "${{hydra.job.num}}_${{hydra.job.override_dirname}}"}}
+  job: {{chdir: false}}
+"""
+
+
+def hydra_app(tmp_path: Path, *args: str) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app_cfg.yaml").write_text(APP_CFG.format(conf=REPO / "conf", tmp=tmp_path))
+    subprocess.run([sys.executable, str(tmp_path / "app.py"), *args], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=120)
+
+
+def test_logger_config_resolves_in_single_and_multi_runs(tmp_path):
+    hydra_app(tmp_path, "seed=3")
+    single = json.loads((tmp_path / "runs/single/loggers.json").read_text())
+    wb, csv = single["logger"]["wandb"], single["logger"]["csv"]
+    assert wb["_target_"] == "lightning.pytorch.loggers.WandbLogger" and wb["offline"] is True
+    assert wb["save_dir"] == csv["save_dir"] == single["output_dir"]
+    assert wb["name"] == "seed=3" and wb["group"] is None and wb["project"] == "coxlmm"
+
+    hydra_app(tmp_path, "-m", "seed=1,2")
+    jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "multirun/sweep1").glob("*/loggers.json"))]
+    assert len(jobs) == 2
+    assert [j["logger"]["wandb"]["name"] for j in jobs] == ["seed=1", "seed=2"]  # one W&B run per job
+    assert {j["logger"]["wandb"]["group"] for j in jobs} == {"multirun/sweep1"}  # one group per sweep
+    assert all(j["logger"]["wandb"]["save_dir"] == j["output_dir"] for j in jobs)
+
+    hydra_app(tmp_path, "logger=none")
+    assert json.loads((tmp_path / "runs/single/loggers.json").read_text())["logger"] == {}
+
+
+def test_bad_logger_config_is_a_clear_error():
+    assert build_loggers({}) == [] and build_loggers(None) == []
+    assert resolve_logger_cfg({"wandb": None}) == {}
+    with pytest.raises(CoxlmmError, match="_target_"):
+        build_loggers({"mine": {"save_dir": "x"}})
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch, tmp_path):
+    """W&B never reaches a server and writes nothing outside tmp_path."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / var))
+    monkeypatch.delenv("WANDB_DATA_DIR", raising=False)
+
+
+def loggers_cfg(run_dir: Path) -> dict:
+    return {
+        "wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "coxlmm", "offline": True,
+                  "save_dir": str(run_dir), "name": "", "group": None},
+        "csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(run_dir), "name": "csv",
+                "version": ""},
+    }
+
+
+def tiny_run(tmp_path: Path):
+    from PIL import Image
+
+    class DS:
+        def __getitem__(self, i):
+            return type("S", (), {"image": Image.new("RGB", (32, 32), (40 * i, 0, 0)), "captions": ["x"]})()
+
+    cs = ConceptSet(U=torch.eye(2), V=torch.tensor([[1.0, 0.0], [0.5, 2.0]]), words=[["red"], []],
+                    top_samples=[["a", "b"], ["b"]], top_indices=[[0, 1], [1]], method="semi_nmf", layer=-1,
+                    token="dog")
+    png = tmp_path / "grid.png"
+    Image.new("RGB", (40, 20), "white").save(png)
+    return cs, DS(), {"concept_grid": str(png)}
+
+
+def test_wandb_offline_run_writes_under_the_run_dir(tmp_path, offline_wandb):
+    run_dir = tmp_path / "run"
+    cs, ds, images = tiny_run(tmp_path)
+    loggers = build_loggers(loggers_cfg(run_dir))
+    assert [type(lg).__name__ for lg in loggers] == ["WandbLogger", "CSVLogger"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no logger call may fail here
+        log_run(loggers, {"overlap": 0.25, "recon_rel_error_train": 0.5}, cs, images,
+                {"token": "dog", "method": {"n_concepts": 2}}, dataset=ds, row_to_index=[0, 1])
+        finish(loggers)
+    (wb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(wb_run.glob("run-*.wandb"))
+    assert list(wb_run.glob("files/media/table/concepts/*.table.json"))
+    assert list(wb_run.glob("files/media/images/concept_grid*.png"))
+    assert len(list(wb_run.glob("artifacts/staging/*"))) >= 3  # the table's images stay in the run dir
+    assert "overlap" in (run_dir / "csv/metrics.csv").read_text()
+    assert "n_concepts" in (run_dir / "csv/hparams.yaml").read_text()
+
+
+def test_a_failing_wandb_only_warns(tmp_path, offline_wandb, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    def unreachable(self):
+        raise ConnectionError("W&B is unreachable")
+
+    monkeypatch.setattr(WandbLogger, "experiment", property(unreachable))
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    (run_dir / "metrics.json").write_text("{}")  # written by the pipeline before logging
+    cs, ds, images = tiny_run(tmp_path)
+    loggers = build_loggers(loggers_cfg(run_dir))
+    with pytest.warns(RuntimeWarning, match="WandbLogger failed to log"):
+        log_run(loggers, {"overlap": 0.25}, cs, images, {"token": "dog"}, dataset=ds, row_to_index=[0, 1])
+    finish(loggers)
+    assert (run_dir / "metrics.json").exists()
+    assert "overlap" in (run_dir / "csv/metrics.csv").read_text()  # the other logger still logged
+
+
+def test_concept_table_without_images(tmp_path):
+    cs, _, _ = tiny_run(tmp_path)  # no dataset: ids and words only
+    columns, rows = concept_table(cs)
+    assert columns == ["concept", "words", "top_samples"]
+    assert rows == [[0, "red", "a, b"], [1, "", "b"]]
