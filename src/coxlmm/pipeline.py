@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,92 @@ def extract_features(cfg: DictConfig, lmm):
     return train_ds, store_train, test_ds, store_test
 
 
+@dataclass
+class LayerResult:
+    layer: int
+    out_dir: Path
+    concepts: Any  # ConceptSet
+    metrics: dict[str, float]
+    figures: dict[str, str]  # name -> PNG path
+    train_indices: list[int]  # dataset index of each row of Z_train
+
+
+def analyse_layer(cfg: DictConfig, lmm, layer: int, train_ds, store_train, test_ds, store_test, out_dir: Path,
+                  scorer=None) -> LayerResult:
+    """Decompose Z at one layer, ground the concepts, interpret test samples, evaluate, write files."""
+    from coxlmm.grounding.concept_set import ConceptSet
+    from coxlmm.grounding.text import concept_words
+    from coxlmm.grounding.visual import top_samples
+    from coxlmm.metrics.base import EvalContext
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Zs, train_recs = store_train.load([layer])
+    Z_train = Zs[layer].float()
+    Z_test, test_recs, V_test = None, [], None
+    if store_test is not None:
+        Zt, test_recs = store_test.load([layer])
+        Z_test = Zt[layer].float()
+
+    def make_dictionary(seed: int):
+        return _instantiate(cfg.method, seed=seed)
+
+    dictionary = make_dictionary(cfg.seed).fit(Z_train)
+    V_train = dictionary.V_train
+    if Z_test is not None:
+        V_test = dictionary.encode(Z_test)
+
+    g = cfg.grounding
+    words = concept_words(lmm, dictionary.U, lmm.tokenizer, n_top=g.n_top, n_words=g.n_words)
+    top_rows = top_samples(V_train, g.n_mas)
+    concepts = ConceptSet(U=dictionary.U, V=V_train, words=words,
+                          top_samples=[[train_recs[i]["id"] for i in rows] for rows in top_rows],
+                          top_indices=top_rows, method=dictionary.name, layer=layer, token=cfg.token)
+
+    ctx = EvalContext(
+        dictionary=dictionary, concepts=concepts, Z_train=Z_train, V_train=V_train, Z_test=Z_test, V_test=V_test,
+        train_records=[train_ds.records[r["index"]] for r in train_recs],
+        test_records=[test_ds.records[r["index"]] for r in test_recs] if test_ds is not None else [],
+        train_dataset=train_ds, test_dataset=test_ds,
+        train_indices=[r["index"] for r in train_recs], test_indices=[r["index"] for r in test_recs],
+        lmm=lmm, scorer=scorer, make_dictionary=make_dictionary, token=cfg.token, layer=layer, seed=cfg.seed,
+    )
+    metrics: dict[str, float] = {}
+    for name, node in (cfg.metrics or {}).items():
+        metric = _instantiate(node)
+        log.info("metric %s", name)
+        metrics.update(metric(ctx))
+
+    # Files first (a logger failure must never lose them), then figures, then loggers.
+    (out_dir / "concepts.json").write_text(json.dumps(concepts.to_json(), indent=1))
+    save_file({k: v.contiguous() for k, v in dictionary.state_tensors().items()}, str(out_dir / "dictionary.safetensors"),
+              metadata={"config": json.dumps(dictionary.config())})
+    figures = _figures(cfg, concepts, train_ds, ctx, out_dir)
+    return LayerResult(layer, out_dir, concepts, metrics, figures, ctx.train_indices)
+
+
+def _figures(cfg, concepts, train_ds, ctx, out_dir: Path) -> dict[str, str]:
+    if not cfg.figures:
+        return {}
+    from coxlmm.report.figures import concept_grid, local_interpretation
+
+    paths = {"concept_grid": str(out_dir / "concept_grid.png")}
+    concept_grid(concepts, train_ds, ctx.train_indices, paths["concept_grid"])
+    if ctx.Z_test is not None and len(ctx.test_indices):
+        paths["local_interpretation"] = str(out_dir / "local_interpretation.png")
+        local_interpretation(ctx.dictionary, concepts, ctx.Z_test[: cfg.grounding.n_local], ctx.test_dataset,
+                             ctx.test_indices[: cfg.grounding.n_local], train_ds, ctx.train_indices,
+                             paths["local_interpretation"])
+    for name, fig in ctx.artifacts.items():
+        if hasattr(fig, "savefig"):
+            paths[name] = str(out_dir / f"{name}.png")
+            fig.savefig(paths[name], dpi=110, bbox_inches="tight")
+        elif isinstance(fig, (list, dict)):
+            (out_dir / f"{name}.json").write_text(json.dumps(fig, indent=1, default=float))
+    return paths
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
+    """Run one experiment; returns the flat metrics also written to `metrics.json`."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -73,21 +159,61 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if stores is None:  # a non-zero rank of a multi-device extraction: rank 0 does the rest
         return {}
     train_ds, store_train, test_ds, store_test = stores
-
-    from coxlmm.stages import analyse_layer, write_summary
+    scorer = _instantiate(cfg.scorer) if cfg.scorer else None
 
     metrics: dict[str, float] = {}
-    results = []
+    results: list[LayerResult] = []
     for layer in layers:
         sub = out_dir if len(layers) == 1 else out_dir / f"layer_{layer}"
-        res = analyse_layer(cfg, lmm, layer, train_ds, store_train, test_ds, store_test, sub)
+        res = analyse_layer(cfg, lmm, layer, train_ds, store_train, test_ds, store_test, sub, scorer)
         prefix = "" if len(layers) == 1 else f"layer_{layer}/"
         metrics.update({prefix + k: v for k, v in res.metrics.items()})
         results.append(res)
-    counts_train = store_train.manifest()["counts"]
-    metrics["n_train"] = float(counts_train.get("selected", 0))
-    metrics["n_test"] = float(store_test.manifest()["counts"].get("selected", 0)) if store_test else 0.0
-    metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    metrics["n_train"] = store_train.manifest()["counts"].get("selected", 0)
+    metrics["n_test"] = store_test.manifest()["counts"].get("selected", 0) if store_test else 0
+    metrics = {k: float(v) for k, v in metrics.items() if _is_number(v)}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    write_summary(cfg, out_dir, results, metrics, store_train, store_test)
+
+    _log(cfg, metrics, results, train_ds)
+    if cfg.print_summary:
+        print(summary(out_dir, results, metrics))
     return metrics
+
+
+def _is_number(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _log(cfg: DictConfig, metrics: dict[str, float], results: list[LayerResult], train_ds) -> None:
+    """Send everything to the configured loggers; a logger failure only warns (files are written)."""
+    from coxlmm.report.log import build_loggers, finish, log_run
+
+    loggers = build_loggers(cfg.logger)
+    if not loggers:
+        return
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for res in results:
+        prefix = "" if len(results) == 1 else f"layer_{res.layer}/"
+        log_run(loggers, {k: v for k, v in metrics.items() if k.startswith(prefix) or "/" not in k},
+                res.concepts, {prefix + k: v for k, v in res.figures.items()}, resolved,
+                dataset=train_ds, row_to_index=res.train_indices)
+    finish(loggers)
+
+
+def summary(out_dir: Path, results: list[LayerResult], metrics: dict[str, float]) -> str:
+    """A short human summary: where the outputs are and the top words of each concept."""
+    lines = [f"\ncoxlmm: outputs in {out_dir}"]
+    for res in results:
+        c = res.concepts
+        lines.append(f"  {c.method}, token {c.token!r}, layer {res.layer}: {c.n_concepts} concepts "
+                     f"from {int(metrics.get('n_train', 0))} training samples")
+        for k in range(c.n_concepts):
+            lines.append(f"    {k:>2}: {', '.join(c.words[k][:6]) or '(no words)'}")
+    keys = [k for k in ("overlap", "recon_rel_error_train", "recon_rel_error_test", "cs_top1_mean",
+                        "bs_top1_mean", "recovery_matched") if k in metrics]
+    if keys:
+        lines.append("  " + "  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
+    return "\n".join(lines)
