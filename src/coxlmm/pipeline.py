@@ -103,7 +103,8 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train_ds, store_train, test_
     top_rows = top_samples(V_train, g.n_mas)
     concepts = ConceptSet(U=dictionary.U, V=V_train, words=words,
                           top_samples=[[train_recs[i]["id"] for i in rows] for rows in top_rows],
-                          top_indices=top_rows, method=dictionary.name, layer=layer, token=cfg.token)
+                          top_indices=top_rows, method=dictionary.name, layer=layer, token=cfg.token,
+                          extra={"n_top": g.n_top, "n_words": g.n_words, "n_mas": g.n_mas})
 
     ctx = EvalContext(
         dictionary=dictionary, concepts=concepts, Z_train=Z_train, V_train=V_train, Z_test=Z_test, V_test=V_test,
