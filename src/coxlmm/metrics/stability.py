@@ -1,0 +1,61 @@
+"""Stability: do two seeds give the same concepts?
+
+A second dictionary is fit with seed + 1 (`ctx.make_dictionary`) on the training features; the
+rows of the two U are matched one-to-one by the Hungarian algorithm on |cos| (signs are
+arbitrary for PCA), and the metric is the mean |cos| of the matched pairs: 1 = same concepts.
+
+Methods whose fit does not depend on the seed (PCA, Simple, and Semi-NMF with its default SVD
+initialisation, as in the reference code) score 1 by construction. `fraction` < 1 refits on a
+random subset of the training rows (drawn from seed + 1) instead, which measures stability to the
+data as well.
+"""
+
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from coxlmm.errors import CoxlmmError
+from coxlmm.metrics.base import EvalContext
+
+
+def matched_cosine(U1: torch.Tensor, U2: torch.Tensor) -> float:
+    """Mean |cos| between the rows of U1 (K, B) and U2 (K', B) after the best one-to-one
+    matching (min(K, K') pairs). A zero row has cosine 0 with everything."""
+    def unit(U: torch.Tensor) -> torch.Tensor:
+        U = U.to(torch.float64)
+        n = U.norm(dim=1, keepdim=True)
+        return torch.where(n > 0, U / n.clamp_min(1e-300), torch.zeros_like(U))
+
+    cos = (unit(U1) @ unit(U2).T).abs().numpy()
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    return float(cos[rows, cols].mean())
+
+
+class Stability:
+    """`stability`: mean matched |cos| between the dictionaries of seeds s and s + 1."""
+
+    name = "stability"
+
+    def __init__(self, fraction: float = 1.0) -> None:
+        if not 0 < fraction <= 1:
+            raise CoxlmmError(
+                f"stability: fraction={fraction!r} must be in (0, 1] (the share of training "
+                "rows the second dictionary is fit on)."
+            )
+        self.fraction = float(fraction)
+
+    def __call__(self, ctx: EvalContext) -> dict[str, float]:
+        if ctx.make_dictionary is None:
+            raise CoxlmmError(
+                "stability needs ctx.make_dictionary (a callable seed -> unfitted Dictionary) to "
+                "fit a second dictionary; the pipeline sets it. Remove `stability` from the "
+                "metrics config if you evaluate a dictionary on its own."
+            )
+        Z = ctx.Z_train
+        if self.fraction < 1:
+            gen = torch.Generator().manual_seed(ctx.seed + 1)
+            n = max(ctx.dictionary.n_concepts, round(self.fraction * len(Z)))
+            Z = Z[torch.randperm(len(Z), generator=gen)[:n]]
+        other = ctx.make_dictionary(ctx.seed + 1).fit(Z)
+        return {"stability": matched_cosine(ctx.dictionary.U, other.U)}
