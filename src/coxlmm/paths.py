@@ -7,3 +7,4 @@ REPO_ROOT = PACKAGE_DIR.parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 OUTPUTS_DIR = REPO_ROOT / "outputs"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
+CACHE_DIR = OUTPUTS_DIR / "cache"  # re-computable caches (e.g. DePALM-mini's visual tokens), never committed

@@ -1,0 +1,112 @@
+"""The connector recipe: batches are built right, visual tokens are cached, and training lowers the loss.
+
+The fast test runs the real recipe (`train(cfg)` on the composed `train_mini` config, Lightning
+`Trainer.fit`) with the real tokenizer and encoder but a tiny random Llama in place of SmolLM2, so
+it takes seconds; the slow one runs `python -m coxlmm.train.connector` end to end with SmolLM2.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors import safe_open
+
+from coxlmm.data.shapes import ShapesWorld
+from coxlmm.models.depalm_mini import (
+    LM_GGUF,
+    LM_MODULE,
+    LM_PACKAGE,
+    VISION_DIM,
+    Connector,
+    DePALMMini,
+    load_connector,
+    load_vision_encoder,
+    package_dir,
+)
+from coxlmm.paths import CONF_DIR, REPO_ROOT
+from coxlmm.train.connector import IGNORE, encode_world, make_collate, train
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """Real tokenizer (chat template) and encoder, tiny random Llama with SmolLM2's vocabulary."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(package_dir(LM_MODULE, LM_PACKAGE), gguf_file=LM_GGUF)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    lm = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    return DePALMMini(load_vision_encoder(128), Connector(VISION_DIM, 64, 64), lm, tok)
+
+
+def compose_cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train_mini", overrides=[
+            "data.n_images=24", "data.n_val=4", "train.batch_size=8", "train.max_steps=12",
+            "train.warmup_steps=1", "train.lr=3e-3", "train.val_every_n_steps=6", "train.val_batches=1",
+            "trainer.precision=32-true", "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "log_to=csv",
+            f"cache_dir={tmp_path}/cache", f"output={tmp_path}/connector.safetensors", f"run_dir={tmp_path}/run",
+            *overrides])
+
+
+def test_collate_puts_loss_on_caption_tokens_only(tiny_model):
+    m = tiny_model
+    collate = make_collate(m._prompt_ids, m._image_mask, m.pad_id)
+    batch = collate([(torch.zeros(16, VISION_DIM), [5, 6, 7]), (torch.ones(16, VISION_DIM), [8])])
+    P = len(m._prompt_ids)
+    assert batch["input_ids"].shape == (2, P + 3) and batch["visual"].shape == (2, 16, VISION_DIM)
+    assert batch["labels"][0, P:].tolist() == [5, 6, 7] and (batch["labels"][:, :P] == IGNORE).all()
+    assert batch["labels"][1, P:].tolist() == [8, IGNORE, IGNORE]
+    assert batch["attention_mask"][1].sum() == P + 1
+    assert batch["image_mask"].sum(1).tolist() == [16, 16] and not batch["image_mask"][:, P:].any()
+
+
+def test_visual_tokens_are_cached_once(tiny_model, tmp_path):
+    world = ShapesWorld("train", n_train=5)
+    first = encode_world(tiny_model, world, str(tmp_path))
+    files = os.listdir(tmp_path)
+    assert first.shape == (5, 16, VISION_DIM) and len(files) == 1 and files[0].endswith(".safetensors")
+    again = encode_world(tiny_model, world, str(tmp_path))
+    assert torch.equal(first, again) and os.listdir(tmp_path) == files
+    encode_world(tiny_model, ShapesWorld("train", n_train=5, seed=1), str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 2  # another world, another key
+
+
+def test_short_training_run_lowers_the_loss(tiny_model, tmp_path):
+    before = {k: v.clone() for k, v in tiny_model.connector.state_dict().items()}
+    facts = train(compose_cfg(tmp_path), model=tiny_model)
+    assert facts["steps"] == 12
+    assert facts["final_loss_mean_last_20"] < facts["first_loss"]
+    assert any(not torch.equal(before[k], v) for k, v in tiny_model.connector.state_dict().items())
+    assert not any(p.requires_grad for p in tiny_model.lm.parameters())
+    # the written checkpoint is what the model loads, with its card beside it
+    out = tmp_path / "connector.safetensors"
+    c = load_connector(str(out), VISION_DIM, 64, 128)
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("fc2.weight").dtype == torch.float16
+    assert c.fc2.weight.shape == (64, 64)
+    assert (tmp_path / "connector.json").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_cli_trains_with_smollm2(tmp_path):
+    """`python -m coxlmm.train.connector` with the real SmolLM2: a few epochs of 8 images lower the loss."""
+    cmd = [sys.executable, "-m", "coxlmm.train.connector", "data.n_images=8", "data.n_val=0",
+           "train.batch_size=8", "train.max_steps=9", "train.warmup_steps=1", "train.lr=3e-3",
+           "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "log_to=csv",
+           f"cache_dir={tmp_path}/cache", f"output={tmp_path}/c.safetensors", f"hydra.run.dir={tmp_path}/run"]
+    res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 9 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert (tmp_path / "c.safetensors").is_file() and (tmp_path / "c.json").is_file()
