@@ -29,7 +29,7 @@ def compose(experiment: str):
     from coxlmm.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
 
 

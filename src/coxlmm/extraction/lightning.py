@@ -99,3 +99,7 @@ class ShardWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         self.store.write_shard(trainer.global_rank, prediction["records"], prediction["tensors"])
+        # Lightning records SIGTERM (e.g. SLURM pre-emption) but its predict loop runs on; stop here,
+        # right after a complete shard, so the next run resumes from it.
+        if getattr(trainer, "received_sigterm", False):
+            raise KeyboardInterrupt("SIGTERM received: extraction stopped after a complete shard; rerun to resume")
