@@ -20,8 +20,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> float | None:
+    import lightning.pytorch  # noqa: F401 - imported first so the level set below sticks
+
     from coxlmm.pipeline import run
 
+    # Lightning sets its own logger to INFO on import (device lines, tips): keep warnings only.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     try:
         metrics = run(cfg)
     except CoxlmmError as e:
