@@ -190,6 +190,7 @@ class TestSampleScores:
         n_top, n_words = grounding_settings(ctx, self.n_top, self.n_words)
         words = concept_words(ctx.lmm, dictionary.U.detach().float(), n_top=n_top, n_words=n_words)
         sets = [words[k] for k in top_concepts(dictionary.encode(ctx.Z_test), 1)[:, 0].tolist()]
+        ctx.artifacts["noise_imgs_words"] = words  # saved as JSON: what the noise dictionary says
         return s.summary("noise_imgs_", "_top1", [s.scores(sets)]) | {
             "noise_imgs_no_words_frac": float(np.mean([not w for w in sets]))}
 
