@@ -1,9 +1,10 @@
 """Extraction benchmark on the tiny LLaVA (built on the fly, random weights, real code path).
 
 1. Throughput (selected samples/s) of `extract` at batch sizes 1, 8, 32, and the ratio to batch 1.
-2. A 4-layer sweep (`coxlmm -m layers=[0],[1],[2],[-1]`) against a 1-layer run, each on an empty
-   feature cache: the features are extracted once per sweep, so the ratio should stay near 1
-   (target <= 1.3).
+2. Four layers against one, each from an empty feature cache: in one run (`layers=[0,1,2,-1]`) and
+   as a Hydra multirun (`-m layers=[0],[1],[2],[-1]`, 4 jobs). The features are extracted once
+   either way (the store keeps every layer), so the extra cost is the per-layer fits and, for the
+   multirun, each job's start-up (model load, metrics).
 
     python bench/extraction_throughput.py [--n 96] [--max-new-tokens 20]
 """
@@ -73,8 +74,11 @@ def main() -> None:
     one = timed("layers=[0]", f"paths.cache_dir={tmp / 'c1'}", f"hydra.run.dir={tmp / 'run1'}")
     four = timed("layers=[0],[1],[2],[-1]", f"paths.cache_dir={tmp / 'c4'}", f"hydra.sweep.dir={tmp / 'sweep'}",
                  multirun=True)
-    print(f"  1-layer run: {one:.1f} s; 4-layer sweep (one extraction, 4 jobs): {four:.1f} s; "
-          f"ratio {four / one:.2f} (target <= 1.3)")
+    inrun = timed("layers=[0,1,2,-1]", f"paths.cache_dir={tmp / 'c5'}", f"hydra.run.dir={tmp / 'run5'}")
+    print(f"  1-layer run: {one:.1f} s")
+    print(f"  4 layers in one run (layers=[0,1,2,-1]): {inrun:.1f} s, ratio {inrun / one:.2f} (target <= 1.3)")
+    print(f"  4-layer Hydra multirun (one extraction, 4 jobs, each loading the model): {four:.1f} s, "
+          f"ratio {four / one:.2f}")
 
 
 if __name__ == "__main__":
