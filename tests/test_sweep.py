@@ -86,3 +86,25 @@ def test_two_job_sweep_under_submitit_local_then_tables(tmp_path: Path):
     assert "| Simple |" in md and "| Random dict. |" in md  # recovery table
     assert any("recovery_matched" in r for r in rows)
     assert (sweep / "tables.csv").read_text().startswith("table,row,column,mean,std")
+
+
+@pytest.mark.timeout(600)
+def test_two_job_sweep_on_tiny_llava_under_submitit_local(tmp_path: Path, tiny_llava_path):
+    """The same path, fast: the tiny LLaVA, folder data, two tokens it generates, default suite."""
+    from tests.extraction.conftest import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", n_train=10, n_test=4, words=("dog", "sofa"))
+    sweep = tmp_path / "sweep"
+    cmd = [COXLMM, "-m", "hydra/launcher=local", "model=hf", f"model.name_or_path={tiny_llava_path}", "data=folder",
+           f"data.root={data}", "extraction.max_new_tokens=20", "method.n_concepts=3", "token=dog,sofa",
+           "method=simple", "scorer=none", "logger=none", "figures=false",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540)
+    logs = "\n".join(p.read_text()[-3000:] for p in sweep.glob(".submitit/*/*_log.err"))
+    assert proc.returncode == 0, proc.stderr[-3000:] + logs
+    rows = collect(sweep)
+    assert sorted(r["token"] for r in rows) == ["dog", "sofa"]
+    assert tables_main([str(sweep), "--no-figures"]) == 0
+    md = (sweep / "tables.md").read_text()
+    assert "| dog |" in md and "| sofa |" in md and "Overlap" in md
