@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
@@ -47,12 +46,15 @@ def _instantiate(node, **kwargs):
 
 
 def extract_features(cfg: DictConfig, lmm):
-    """Train (required) and test (optional) feature stores; None on non-zero DDP ranks."""
+    """Train (required) and test (optional) feature stores; None on non-zero DDP ranks.
+
+    Every rank runs both extractions (each is a collective `Trainer.predict`); only rank 0 goes on.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     root = str(Path(cfg.paths.cache_dir) / "features")
     train_ds = _instantiate(cfg.data, split=cfg.train_split)
     store_train = extract(lmm, train_ds, cfg.token, list(cfg.layers), _settings(cfg, "train"), root, _trainer_kwargs(cfg))
-    if store_train is None:
-        return None
     test_ds, store_test = None, None
     if cfg.test_split:
         test_ds = _instantiate(cfg.data, split=cfg.test_split)
@@ -61,6 +63,8 @@ def extract_features(cfg: DictConfig, lmm):
                                  _trainer_kwargs(cfg))
         except CoxlmmError as e:
             log.warning("no test features (%s); test metrics are skipped", e)
+    if store_train is None or rank_zero_only.rank != 0:  # ranks > 0 of a DDP launch stop here
+        return None
     return train_ds, store_train, test_ds, store_test
 
 

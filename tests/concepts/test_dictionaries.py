@@ -138,6 +138,7 @@ def test_hydra_config_builds_the_method(method, Z):
 
     cfg = OmegaConf.load(CONF / "method" / f"{method}.yaml")
     cfg.n_concepts = K
+    cfg.device = "cpu"  # `${device}` in the file refers to the main config's top-level key
     if method in EXTRA:
         cfg.update(EXTRA[method])
     d = instantiate(cfg, seed=5)
