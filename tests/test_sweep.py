@@ -63,6 +63,14 @@ MODEL_OVERRIDES = ["model=depalm_mini", "data.n_train=48", "data.n_test=24", "ex
                    "method.n_concepts=3"]
 
 
+def run_sweep(cmd: list[str], sweep: Path, timeout: int) -> None:
+    """Run a `coxlmm -m` command; on failure show its stderr and the submitit jobs' logs."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    logs = "\n".join(p.read_text()[-3000:] for p in sweep.glob(".submitit/*/*_log.err"))
+    assert proc.returncode == 0, proc.stderr[-3000:] + logs
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_job_sweep_under_submitit_local_then_tables(tmp_path: Path):
@@ -72,10 +80,7 @@ def test_two_job_sweep_under_submitit_local_then_tables(tmp_path: Path):
     cmd = [COXLMM, "-m", "hydra/launcher=local", *MODEL_OVERRIDES, "token=circle,square", "method=simple",
            "metrics=paper", "scorer=none", "logger=none", "figures=false",
            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=840)
-    logs = "\n".join(p.read_text()[-3000:] for p in sweep.glob(".submitit/*/*_log.err"))
-    assert proc.returncode == 0, proc.stderr[-3000:] + logs
+    run_sweep(cmd, sweep, timeout=840)
 
     rows = collect(sweep)
     assert sorted(r["token"] for r in rows) == ["circle", "square"]
@@ -99,10 +104,7 @@ def test_two_job_sweep_on_tiny_llava_under_submitit_local(tmp_path: Path, tiny_l
            f"data.root={data}", "extraction.max_new_tokens=20", "method.n_concepts=3", "token=dog,sofa",
            "method=simple", "scorer=none", "logger=none", "figures=false",
            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540)
-    logs = "\n".join(p.read_text()[-3000:] for p in sweep.glob(".submitit/*/*_log.err"))
-    assert proc.returncode == 0, proc.stderr[-3000:] + logs
+    run_sweep(cmd, sweep, timeout=540)
     rows = collect(sweep)
     assert sorted(r["token"] for r in rows) == ["dog", "sofa"]
     assert tables_main([str(sweep), "--no-figures"]) == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
@@ -69,6 +70,24 @@ def extract_features(cfg: DictConfig, lmm):
 
 
 @dataclass
+class Features:
+    """One split's selected samples: Z per requested layer (M, B) and the store's records, read once."""
+
+    dataset: Any
+    Z: dict[int, torch.Tensor]
+    records: list[dict[str, Any]]  # row i of every Z[l] <-> records[i] (index, id, caption, ...)
+
+    @classmethod
+    def read(cls, dataset, store, layers: list[int]) -> "Features":
+        Z, records = store.load(layers)
+        return cls(dataset, {l: z.float() for l, z in Z.items()}, records)
+
+    @property
+    def indices(self) -> list[int]:
+        return [r["index"] for r in self.records]
+
+
+@dataclass
 class LayerResult:
     layer: int
     out_dir: Path
@@ -78,7 +97,7 @@ class LayerResult:
     train_indices: list[int]  # dataset index of each row of Z_train
 
 
-def analyse_layer(cfg: DictConfig, lmm, layer: int, train_ds, store_train, test_ds, store_test, out_dir: Path,
+def analyse_layer(cfg: DictConfig, lmm, layer: int, train: Features, test: Features | None, out_dir: Path,
                   scorer=None) -> LayerResult:
     """Decompose Z at one layer, ground the concepts, interpret test samples, evaluate, write files."""
     from coxlmm.grounding.concept_set import ConceptSet
@@ -87,12 +106,8 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train_ds, store_train, test_
     from coxlmm.metrics.base import EvalContext
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    Zs, train_recs = store_train.load([layer])
-    Z_train = Zs[layer].float()
-    Z_test, test_recs, V_test = None, [], None
-    if store_test is not None:
-        Zt, test_recs = store_test.load([layer])
-        Z_test = Zt[layer].float()
+    Z_train, train_recs = train.Z[layer], train.records
+    Z_test, test_recs, V_test = (test.Z[layer], test.records, None) if test is not None else (None, [], None)
 
     def make_dictionary(seed: int):
         return _instantiate(cfg.method, seed=seed)
@@ -112,10 +127,10 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train_ds, store_train, test_
 
     ctx = EvalContext(
         dictionary=dictionary, concepts=concepts, Z_train=Z_train, V_train=V_train, Z_test=Z_test, V_test=V_test,
-        train_records=[train_ds.records[r["index"]] for r in train_recs],
-        test_records=[test_ds.records[r["index"]] for r in test_recs] if test_ds is not None else [],
-        train_dataset=train_ds, test_dataset=test_ds,
-        train_indices=[r["index"] for r in train_recs], test_indices=[r["index"] for r in test_recs],
+        train_records=[train.dataset.records[i] for i in train.indices],
+        test_records=[test.dataset.records[i] for i in test.indices] if test is not None else [],
+        train_dataset=train.dataset, test_dataset=test.dataset if test is not None else None,
+        train_indices=train.indices, test_indices=test.indices if test is not None else [],
         lmm=lmm, scorer=scorer, make_dictionary=make_dictionary, token=cfg.token, layer=layer, seed=cfg.seed,
     )
     metrics: dict[str, float] = {}
@@ -128,7 +143,7 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train_ds, store_train, test_
     (out_dir / "concepts.json").write_text(json.dumps(concepts.to_json(), indent=1))
     save_file({k: v.contiguous() for k, v in dictionary.state_tensors().items()}, str(out_dir / "dictionary.safetensors"),
               metadata={"config": json.dumps(dictionary.config())})
-    figures = _figures(cfg, concepts, train_ds, ctx, out_dir)
+    figures = _figures(cfg, concepts, train.dataset, ctx, out_dir)
     return LayerResult(layer, out_dir, concepts, metrics, figures, ctx.train_indices)
 
 
@@ -164,18 +179,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if stores is None:  # a non-zero rank of a multi-device extraction: rank 0 does the rest
         return {}
     train_ds, store_train, test_ds, store_test = stores
+    train = Features.read(train_ds, store_train, layers)
+    test = Features.read(test_ds, store_test, layers) if store_test is not None else None
     scorer = _instantiate(cfg.scorer) if cfg.scorer else None
 
     metrics: dict[str, float] = {}
     results: list[LayerResult] = []
     for layer in layers:
         sub = out_dir if len(layers) == 1 else out_dir / f"layer_{layer}"
-        res = analyse_layer(cfg, lmm, layer, train_ds, store_train, test_ds, store_test, sub, scorer)
+        res = analyse_layer(cfg, lmm, layer, train, test, sub, scorer)
         prefix = "" if len(layers) == 1 else f"layer_{layer}/"
         metrics.update({prefix + k: v for k, v in res.metrics.items()})
         results.append(res)
-    metrics["n_train"] = store_train.manifest()["counts"].get("selected", 0)
-    metrics["n_test"] = store_test.manifest()["counts"].get("selected", 0) if store_test else 0
+    metrics["n_train"] = len(train.records)
+    metrics["n_test"] = len(test.records) if test is not None else 0
     metrics = {k: float(v) for k, v in metrics.items() if _is_number(v)}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
 
