@@ -4,7 +4,6 @@ The extracted row for a sample must equal the state of an independent teacher-fo
 over prompt + generated tokens at that position, and the LM head there must predict the target.
 """
 
-import json
 
 import pytest
 import torch

@@ -32,7 +32,6 @@ bench and the tests).
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from dataclasses import dataclass

@@ -5,8 +5,6 @@ position on the device; a `BasePredictionWriter` writes one feature-store shard 
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -48,45 +46,40 @@ class ExtractionModule(L.LightningModule):
         self.require_gt = require_gt
 
     def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0):
-        records = []
+        records = {s.index: _record(s, "unreadable_image") for s in batch if s.image is None}
         ok = [s for s in batch if s.image is not None]
-        for s in batch:
-            if s.image is None:
-                records.append(_record(s, "unreadable_image"))
-        if not ok:
-            return {"records": records, "tensors": {}}
-        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.lmm.prepare([s.image for s in ok]).items()}
-        out, states = generate_with_states(self.lmm, inputs, self.layers, self.max_new_tokens)
-        seqs, lengths = out.sequences.cpu(), out.lengths.cpu()
-        tok = self.lmm.tokenizer
-        rows: list[tuple[int, int]] = []  # (batch row, position)
-        for b, s in enumerate(ok):
-            gen = seqs[b, : int(lengths[b])].tolist()
-            caption = tok.decode(gen, skip_special_tokens=True).strip()
-            match = find_target(tok, gen, self.token)
-            if match is None:
-                records.append(_record(s, "token_not_generated", caption))
-            elif self.require_gt and not any(contains_word(c, self.token) for c in s.captions):
-                records.append(_record(s, "token_not_in_gt", caption))
-            else:
-                rec = _record(s, "selected", caption)
-                rec.update(position=match.position, token_ids=list(match.token_ids))
-                records.append(rec)
-                rows.append((b, match.position))
+        rows: list[tuple[int, int]] = []  # (row in `ok`, position) of each selected sample, in batch order
+        states = {}
+        if ok:
+            inputs = {k: v.to(self.device) if torch.is_tensor(v) else v
+                      for k, v in self.lmm.prepare([s.image for s in ok]).items()}
+            out, states = generate_with_states(self.lmm, inputs, self.layers, self.max_new_tokens)
+            seqs, lengths = out.sequences.cpu(), out.lengths.cpu()
+            tok = self.lmm.tokenizer
+            for b, s in enumerate(ok):
+                gen = seqs[b, : int(lengths[b])].tolist()
+                caption = tok.decode(gen, skip_special_tokens=True).strip()
+                match = find_target(tok, gen, self.token)
+                if match is None:
+                    records[s.index] = _record(s, "token_not_generated", caption)
+                elif self.require_gt and not any(contains_word(c, self.token) for c in s.captions):
+                    records[s.index] = _record(s, "token_not_in_gt", caption)
+                else:
+                    records[s.index] = _record(s, "selected", caption, match.position, list(match.token_ids))
+                    rows.append((b, match.position))
         # Reduce to the selected positions on the device, then copy only those rows off it.
         tensors = {}
         if rows:
             bi = torch.tensor([r[0] for r in rows], device=self.device)
             pi = torch.tensor([r[1] for r in rows], device=self.device)
             tensors = {l: st[bi, pi].to(self.store_dtype).cpu() for l, st in states.items()}
-        order = {s.index: k for k, s in enumerate(batch)}
-        records.sort(key=lambda r: order[r["index"]])
-        return {"records": records, "tensors": tensors}
+        return {"records": [records[s.index] for s in batch], "tensors": tensors}
 
 
-def _record(sample, status: str, caption: str | None = None) -> dict:
+def _record(sample, status: str, caption: str | None = None, position: int | None = None,
+            token_ids: list[int] | None = None) -> dict:
     return {"index": sample.index, "id": sample.id, "caption": caption, "status": status,
-            "selected": status == "selected", "position": None, "token_ids": None}
+            "selected": status == "selected", "position": position, "token_ids": token_ids}
 
 
 class ShardWriter(BasePredictionWriter):
@@ -95,7 +88,6 @@ class ShardWriter(BasePredictionWriter):
     def __init__(self, store: FeatureStore):
         super().__init__(write_interval="batch")
         self.store = store
-        self.t0 = time.perf_counter()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         self.store.write_shard(trainer.global_rank, prediction["records"], prediction["tensors"])

@@ -348,12 +348,7 @@ LAYER_COLUMNS = (("Grounding CS", "grounding_cs_mean"), ("Rnd-Words CS", "ground
 
 
 def layer_table(rows: Sequence[Row]) -> Table:
-    t = Table("layers", "By layer", ["method", "token", "layer"], [c for c, _ in LAYER_COLUMNS])
-    for (method, token), series in _series(rows, "layer").items():
-        for r in series:
-            t.rows.append(([_display(method), str(token), str(r["layer"])],
-                           [value(r, key) for _, key in LAYER_COLUMNS]))
-    return t
+    return _by_table(rows, "layers", "By layer", "layer", "layer", LAYER_COLUMNS)
 
 
 K_COLUMNS = (("Recon. err. train", "recon_rel_error_train"), ("Recon. err. test", "recon_rel_error_test"),
@@ -362,11 +357,16 @@ K_COLUMNS = (("Recon. err. train", "recon_rel_error_train"), ("Recon. err. test"
 
 
 def k_table(rows: Sequence[Row]) -> Table:
-    t = Table("k", "By dictionary size K", ["method", "token", "K"], [c for c, _ in K_COLUMNS])
-    for (method, token), series in _series(rows, "n_concepts").items():
+    return _by_table(rows, "k", "By dictionary size K", "n_concepts", "K", K_COLUMNS)
+
+
+def _by_table(rows: Sequence[Row], name: str, title: str, x: str, x_label: str,
+              columns: Sequence[tuple[str, str]]) -> Table:
+    """One row per (method, token, value of `x`), one column per (label, metric key)."""
+    t = Table(name, title, ["method", "token", x_label], [c for c, _ in columns])
+    for (method, token), series in _series(rows, x).items():
         for r in series:
-            t.rows.append(([_display(method), str(token), str(r["n_concepts"])],
-                           [value(r, key) for _, key in K_COLUMNS]))
+            t.rows.append(([_display(method), str(token), str(r[x])], [value(r, key) for _, key in columns]))
     return t
 
 
