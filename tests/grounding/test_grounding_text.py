@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from coxlmm.grounding.text import (
-    concept_words, filter_words, random_directions, random_words, starts_word, word_pieces,
+    concept_words, english_words, filter_words, grounding_vocabulary, random_directions, random_words, starts_word,
+    word_pieces,
 )
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,6 +91,15 @@ def test_filter_words_rule_on_handmade_pieces():
     assert filter_words(pieces, 10, vocabulary=vocab, stop=stop) == ["dog", "cat", "boxes", "puppies", "red"]
     assert filter_words([" boxes"], vocabulary=vocab, stop=stop, plurals=False) == []
     assert not starts_word("##dog") and not starts_word("dog") and starts_word("Dog") and starts_word(" dog")
+
+
+def test_default_vocabulary_drops_short_fragments_keeps_words():
+    vocab = grounding_vocabulary()
+    for fragment in ("stre", "gra", "pur", "resp", "thro", "fram"):
+        assert fragment in english_words() and fragment not in vocab, fragment
+    for word in ("circle", "red", "dog", "star", "cross", "heart", "square", "purple", "blue", "expel", "small"):
+        assert word in vocab, word
+    assert filter_words([" stre", " red", " gra", " circles"]) == ["red", "circles"]
 
 
 class FakeLMM:

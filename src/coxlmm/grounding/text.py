@@ -20,15 +20,23 @@ Two steps, kept apart so the filter can be tested on real tokenizer output witho
        "red" of "tired") and WordPiece `##` pieces are continuations and are dropped;
      - is ASCII letters only, longer than 2 letters once case-folded;
      - is not an English stopword (scikit-learn's list);
-     - is an English word of the offline `english-words` list (web2, the list the reference
-       code's nltk `words` corpus comes from), or a regular plural of one (circles -> circle,
-       boxes -> box, puppies -> puppy: web2 lacks most inflected forms);
+     - is an English word of `grounding_vocabulary()`: the offline `english-words` list (web2, the
+       list the reference code's nltk `words` corpus comes from) without its short entries that
+       are not common words (below), or a regular plural of one (circles -> circle, boxes -> box,
+       puppies -> puppy: web2 lacks most inflected forms);
    then case-folds, de-duplicates (first occurrence wins, so logit order is kept) and keeps the
    first `n_words`. A concept may get fewer than `n_words` words, or none.
 
-Known limits: web2 is a 1934 dictionary; it lacks modern words (laptop, skateboard, frisbee) and
-contains archaic entries that equal BPE word-initial fragments (acknow, ardu, scrat), which then
-pass as words. Pass `vocabulary=` (a set of lower-case words) to use another list.
+web2 is a 1934 dictionary with archaic entries that equal BPE word-initial fragments ("stre",
+"gra", "resp", "prob", "thro"): they passed as words. `grounding_vocabulary` keeps a web2 word of
+at most 4 letters only if it is a whole-word token of all-MiniLM-L6-v2's WordPiece vocabulary
+(bert-base-uncased's, 30k pieces chosen by frequency on Wikipedia and books; the package is installed
+for the embedded scorers). Of SmolLM2's 17,599 word-start tokens that pass web2, this drops 657, nearly
+all fragments (tol, sla, kra, fram, pian, coff, harv, hist), and a few rare real words (hew, zeal,
+soot). Longer web2 words stay (of 5 letters, the ones BERT splits are mostly real: expel, binge, tacit).
+
+Known limits: web2 lacks modern words (laptop, skateboard, frisbee) and longer archaic fragments
+(acknow, scrat) still pass. Pass `vocabulary=` (a set of lower-case words) to use another list.
 """
 
 from __future__ import annotations
@@ -51,6 +59,30 @@ def english_words(source: str = "web2") -> frozenset[str]:
     from english_words import get_english_words_set
 
     return frozenset(get_english_words_set([source], lower=True))
+
+
+SHORT_WORD = 4  # web2 words up to this length must also be common (a whole WordPiece token)
+
+
+@lru_cache(maxsize=1)
+def grounding_vocabulary() -> frozenset[str]:
+    """The default word list of `filter_words`: web2 minus short entries that are not whole-word
+    tokens of all-MiniLM-L6-v2's vocabulary (rule and counts: module doc). Without that package,
+    plain web2 (with a warning)."""
+    import os
+    import warnings
+
+    from coxlmm.errors import CoxlmmError
+    from coxlmm.scorers.bertscore import minilm_dir
+
+    web2 = english_words()
+    try:
+        with open(os.path.join(minilm_dir(), "vocab.txt"), encoding="utf-8") as f:
+            common = {line.strip() for line in f}
+    except (CoxlmmError, OSError) as e:
+        warnings.warn(f"grounding words: plain web2, short fragments not removed ({e})", stacklevel=2)
+        return web2
+    return frozenset(w for w in web2 if len(w) > SHORT_WORD or w in common)
 
 
 @lru_cache(maxsize=1)
@@ -107,9 +139,9 @@ def filter_words(
 
     `pieces` are surface pieces from `word_pieces` (" dog", "ing") or raw `convert_ids_to_tokens`
     output of BPE / sentencepiece tokenizers ("Ġdog", "▁dog"). `vocabulary` / `stop` default to
-    the offline English word list and scikit-learn's stopwords.
+    `grounding_vocabulary()` and scikit-learn's stopwords.
     """
-    vocabulary = english_words() if vocabulary is None else vocabulary
+    vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
     stop = stopwords() if stop is None else stop
     words: list[str] = []  # ordered; `seen` makes the de-duplication O(1)
     seen: set[str] = set()
