@@ -8,6 +8,7 @@ prefill call predicts the first generated token, decode call j the token j), as 
 from __future__ import annotations
 
 import inspect
+import json
 import shutil
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def test_cut_at_eos_handles_several_eos_ids_and_unfinished_rows():
 
 
 # --- configs --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["hf", "llava15_7b", "qwen2vl_2b", "smolvlm_256m"])
+@pytest.mark.parametrize("name", ["hf", "llava15_7b", "qwen2vl_2b", "smolvlm_256m", "paligemma_3b"])
 def test_model_configs_match_the_adapter(name, tiny_llava_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -212,3 +213,31 @@ def test_model_configs_match_the_adapter(name, tiny_llava_path):
         assert isinstance(lmm, HFVisionLM) and lmm.prompt == cfg.prompt
     else:
         assert "/" in cfg.name_or_path and cfg.dtype in ("bfloat16", "float32")
+
+
+# --- raw prompts (models without a chat template) ------------------------------------------------
+def test_raw_prompt_replaces_the_chat_template(tiny_llava_path):
+    chat = HFVisionLM(name_or_path=tiny_llava_path)
+    raw_text = "USER: <image>\nWhat is it? ASSISTANT:"
+    raw = HFVisionLM(name_or_path=tiny_llava_path, raw_prompt=raw_text)
+    assert raw.prompt_text == raw_text != chat.prompt_text
+    assert raw.fingerprint()["prompt_text"] == raw_text  # another prompt, another feature cache
+    inputs = raw.prepare(_images()[:2])
+    out = raw.generate(inputs, 3)
+    assert out.sequences.shape[0] == 2 and (out.lengths >= 1).all()
+
+
+def test_processor_without_chat_template_asks_for_a_raw_prompt(tiny_llava_path, tmp_path):
+    plain = tmp_path / "no_template"
+    shutil.copytree(tiny_llava_path, plain)
+    for f in plain.iterdir():  # the template lives in chat_template.json/.jinja or a processor/tokenizer config
+        if "chat_template" in f.name:
+            f.unlink()
+        elif f.suffix == ".json" and "chat_template" in f.read_text():
+            cfg = json.loads(f.read_text())
+            cfg.pop("chat_template", None)
+            f.write_text(json.dumps(cfg))
+    with pytest.raises(CoxlmmError, match="model.raw_prompt"):
+        HFVisionLM(name_or_path=str(plain))
+    lmm = HFVisionLM(name_or_path=str(plain), raw_prompt="USER: <image>\nCaption. ASSISTANT:")
+    assert lmm.generate(lmm.prepare(_images()[:1]), 2).sequences.shape[0] == 1

@@ -58,6 +58,10 @@ class HFVisionLM(LMM):
             ("LlavaForConditionalGeneration") or a dotted path ("transformers.LlavaForConditionalGeneration").
         dtype: float32 | bfloat16 | float16 | auto (the checkpoint's dtype). `torch_dtype` is an alias.
         prompt: the user instruction put after the image in the chat template.
+        raw_prompt: the exact prompt text instead of the chat template, for models without one (e.g.
+            PaliGemma, whose processor adds its image tokens and BOS itself: "caption en"). `prompt`
+            is then ignored. Write the model's image token in it where its processor needs one
+            ("USER: <image>\nDescribe. ASSISTANT:" for LLaVA-1.5).
         device: where to put the model after loading ("cpu", "cuda", "cuda:1", "auto"); None leaves it
             on the CPU for the caller (e.g. Lightning) to move.
         device_map: passed to `from_pretrained` to shard a large model (then `device` is ignored).
@@ -71,6 +75,7 @@ class HFVisionLM(LMM):
         model_class: str | None = None,
         dtype: str = "auto",
         prompt: str = DEFAULT_PROMPT,
+        raw_prompt: str | None = None,
         device: str | None = None,
         device_map: str | dict | None = None,
         processor_kwargs: dict[str, Any] | None = None,
@@ -123,15 +128,19 @@ class HFVisionLM(LMM):
                               f"{self.num_layers}; the layer resolver picked the wrong module.")
         self._norm = _final_norm(self._lm, source)
 
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        try:
-            self.prompt_text: str = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        except ValueError as e:  # no chat template (e.g. PaliGemma): the prompt format would be a guess
-            raise CoxlmmError(f"{source}: its processor cannot render the prompt with a chat template ({e}); "
-                              f"coxlmm prompts instruction-tuned models through their chat template only.") from None
+        self.prompt_text: str = raw_prompt if raw_prompt is not None else self._chat_prompt(prompt, source)
         # Like the processor's own tokenize=True path: a template that writes BOS gets no second one.
         bos = self.tokenizer.bos_token
         self._add_special_tokens = not (bos is not None and self.prompt_text.startswith(bos))
+
+    def _chat_prompt(self, prompt: str, source: str) -> str:
+        """One user turn (image, then `prompt`) through the processor's chat template + generation prompt."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        except ValueError as e:  # no chat template (e.g. PaliGemma): the prompt format would be a guess
+            raise CoxlmmError(f"{source}: its processor cannot render the prompt with a chat template ({e}); "
+                              f"give the exact prompt text with model.raw_prompt (PaliGemma: 'caption en').") from None
 
     def train(self, mode: bool = True) -> HFVisionLM:
         """Always eval: the model is a frozen feature extractor (dropout would change the states)."""
