@@ -57,6 +57,7 @@ paper: install
 bench: install
 	$(PY) bench/extraction_throughput.py
 	$(PY) bench/semi_nmf_vs_sklearn.py
+	$(PY) bench/depalm_probe.py
 
 clean:
 	rm -rf outputs/multirun outputs/runs .pytest_cache

@@ -28,6 +28,7 @@ from coxlmm.models.depalm_mini import (
     load_vision_encoder,
     package_dir,
     save_connector,
+    visual_tokens,
 )
 
 
@@ -50,23 +51,33 @@ def test_corrupt_gguf_names_the_package(tmp_path):
         load_language_model(gguf_dir=str(tmp_path))
 
 
-def test_vision_encoder_keeps_the_spatial_map():
+def test_vision_encoder_keeps_the_spatial_maps():
     enc = load_vision_encoder(128)
     assert not any(p.requires_grad for p in enc.parameters())
+    x = torch.randn(2, 3, 128, 128)
+    tokens = visual_tokens(enc, x)
+    assert tokens.shape == (2, 16, VISION_DIM) == (2, 16, 1280 + 160)
     with torch.no_grad():
-        assert enc.extract_features(torch.zeros(1, 3, 128, 128)).shape == (1, VISION_DIM, 4, 4)
+        last = enc.extract_features(x)  # the package's own forward: our walk through the blocks matches it
+        fine = enc._swish(enc._bn0(enc._conv_stem(x)))
+        for block in enc._blocks[:5]:
+            fine = block(fine)  # (2, 40, 16, 16) after block 4: stride 8
+    torch.testing.assert_close(tokens[..., :1280], last.flatten(2).transpose(1, 2))
+    # token 5 = grid cell (row 1, col 1) = stride-8 pixels 4..7 × 4..7, pooled 2×2 -> 4 values per channel
+    cell = fine[:, :, 4:8, 4:8].reshape(2, 40, 2, 2, 2, 2).mean(dim=(3, 5))  # (2, 40, 2, 2)
+    torch.testing.assert_close(tokens[:, 5, 1280:], cell.flatten(1))
 
 
 def test_connector_of_wrong_width_is_a_clear_error(tmp_path):
     path = str(tmp_path / "c.safetensors")
-    save_connector(Connector(VISION_DIM, 64, 100), path, {"image_size": 128, "n_visual_tokens": 16})
+    save_connector(Connector(VISION_DIM, 64, 100, 16), path, {"image_size": 128, "n_visual_tokens": 16})
     with pytest.raises(CoxlmmError, match="does not match the model"):
         load_connector(path, VISION_DIM, 576, 128)
 
 
 def test_connector_trained_at_other_image_size_is_a_clear_error(tmp_path):
     path = str(tmp_path / "c.safetensors")
-    save_connector(Connector(VISION_DIM, 576, 576), path, {"image_size": 256, "n_visual_tokens": 64})
+    save_connector(Connector(VISION_DIM, 576, 576, 64), path, {"image_size": 256, "n_visual_tokens": 64})
     with pytest.raises(CoxlmmError, match="image_size=256"):
         load_connector(path, VISION_DIM, 576, 128)
     with pytest.raises(CoxlmmError, match="does not exist"):

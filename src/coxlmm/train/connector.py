@@ -6,7 +6,9 @@ Recipe (conf/train_mini.yaml): the frozen EfficientNet-Lite0 encodes every train
 (visual tokens cached as safetensors under outputs/cache/, keyed by the world and the encoder);
 then a Lightning `Trainer.fit` trains only the connector with next-token cross-entropy on the
 caption tokens (+ <|im_end|>) that follow the chat-templated prompt with the visual prefix, through
-the frozen SmolLM2. Each (image, reference caption) pair is one training example. AdamW, linear
+the frozen SmolLM2. The prompt's first `model.n_fixed` ids (system turn, user header: 24 of the
+~74 positions) do not depend on the image, so each step runs them once at batch 1 without
+gradients and the batch attends to their keys/values: same loss, ~1.6× faster on a CPU. Each (image, reference caption) pair is one training example. AdamW, linear
 warm-up then cosine decay. At the end the connector goes to an fp16 safetensors file with a JSON
 sidecar of training facts (data, steps, wall time, losses, machine).
 """
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
+from transformers import DynamicCache
 from tqdm import tqdm
 
 from coxlmm.data.shapes import ShapesWorld
@@ -50,12 +53,12 @@ IGNORE = -100  # label of positions that carry no loss (prompt, padding)
 
 # --- cached visual tokens -----------------------------------------------------------------------
 def encode_world(model: DePALMMini, world: ShapesWorld, cache_dir: str, batch_size: int = 64) -> torch.Tensor:
-    """Visual tokens of every image of `world`: (n_images, N, 1280) float16, cached on disk.
+    """Visual tokens of every image of `world`: (n_images, N, VISION_DIM) float16, cached on disk.
 
     The key hashes the world's fingerprint and the encoder, so another world or image size gets
     its own file; the file is written under a temporary name and renamed, so an interrupted run
     never leaves a truncated cache that a later run would trust."""
-    key = hashlib.sha256(json.dumps({"world": world.fingerprint(), "encoder": "efficientnet-lite0",
+    key = hashlib.sha256(json.dumps({"world": world.fingerprint(), "encoder": "efficientnet-lite0+s8",
                                      "size": model.image_size}, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"depalm_mini_visual_tokens_{key}.safetensors")
     if os.path.isfile(path):
@@ -73,7 +76,7 @@ def encode_world(model: DePALMMini, world: ShapesWorld, cache_dir: str, batch_si
 
 # --- examples and batches -----------------------------------------------------------------------
 class CaptionPairs(Dataset):
-    """One example per (image, reference caption): (visual tokens (N, 1280), caption ids (T,))."""
+    """One example per (image, reference caption): (visual tokens (N, VISION_DIM), caption ids (T,))."""
 
     def __init__(self, visual_tokens: torch.Tensor, world: ShapesWorld, tokenizer: Any, eos_id: int):
         self.visual_tokens = visual_tokens
@@ -91,9 +94,10 @@ class CaptionPairs(Dataset):
 
 
 def make_collate(prompt_ids: torch.Tensor, image_mask: torch.Tensor, pad_id: int):
-    """Batch = prompt (with visual placeholders) + caption, right-padded.
+    """Batch = prompt (with visual placeholders) + caption, right-padded. `prompt_ids` is the part
+    of the prompt after the fixed ids (`model._prompt_ids[model.n_fixed:]`).
 
-    Returns visual (B, N, 1280) float32, input_ids / labels / attention_mask (B, P + T_max),
+    Returns visual (B, N, VISION_DIM) float32, input_ids / labels / attention_mask (B, P + T_max),
     image_mask (B, P + T_max) bool. Labels hold the caption ids (IGNORE elsewhere), aligned with
     input_ids: the loss shifts them by one."""
     P = len(prompt_ids)
@@ -125,6 +129,7 @@ class ConnectorModule(L.LightningModule):
                  min_lr_ratio: float = 0.1):
         super().__init__()
         self.model = model
+        model.connector.requires_grad_(True)  # a loaded checkpoint comes frozen; fine-tuning it must work
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.min_lr_ratio = warmup_steps, max_steps, min_lr_ratio
 
@@ -133,12 +138,27 @@ class ConnectorModule(L.LightningModule):
         self.model.lm.eval()
         self.model.encoder.eval()
 
+    def fixed_cache(self, batch_size: int) -> DynamicCache:
+        """Keys/values of the prompt's fixed ids (no gradient: they do not depend on the connector),
+        computed at batch 1 and expanded to the batch (no copy)."""
+        fixed = self.model._prompt_ids[: self.model.n_fixed].to(self.device)[None]
+        with torch.no_grad():
+            out = self.model.lm.model(input_ids=fixed, use_cache=True)
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # renamed in 5.x
+        return DynamicCache(ddp_cache_data=[(layer.keys.expand(batch_size, -1, -1, -1),
+                                             layer.values.expand(batch_size, -1, -1, -1)) for layer in cache.layers])
+
     def caption_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean next-token cross-entropy over caption tokens. The 49k-way LM head runs only at the
-        positions that predict a caption token (about a third of the sequence), not over the prompt."""
+        """Mean next-token cross-entropy over caption tokens. The batch holds the prompt after its
+        fixed ids (see `fixed_cache`); the 49k-way LM head runs only at the positions that predict
+        a caption token, not over the prompt."""
         emb = self.model.embed(batch["input_ids"], batch["image_mask"], batch["visual"])
-        attn = batch["attention_mask"]
-        h = self.model.lm.model(inputs_embeds=emb, attention_mask=attn, use_cache=False).last_hidden_state
+        B, T = batch["input_ids"].shape
+        n_fixed = self.model.n_fixed
+        attn = torch.cat([batch["attention_mask"].new_ones(B, n_fixed), batch["attention_mask"]], dim=1)
+        pos = torch.arange(n_fixed, n_fixed + T, device=emb.device).expand(B, -1)
+        h = self.model.lm.model(inputs_embeds=emb, attention_mask=attn, position_ids=pos,
+                                cache=self.fixed_cache(B), use_cache=True).last_hidden_state
         targets = batch["labels"][:, 1:]
         keep = targets != IGNORE
         logits = self.model.lm.lm_head(h[:, :-1][keep])
@@ -179,7 +199,7 @@ class LossHistory(L.Callback):
 def build_model(cfg: DictConfig) -> DePALMMini:
     """DePALM-mini with a freshly initialised connector (seeded before this call)."""
     lm, tokenizer = load_language_model(torch.float32)
-    connector = Connector(VISION_DIM, cfg.model.hidden_dim, lm.config.hidden_size)
+    connector = Connector(VISION_DIM, cfg.model.hidden_dim, lm.config.hidden_size, (cfg.data.image_size // 32) ** 2)
     return DePALMMini(load_vision_encoder(cfg.data.image_size), connector, lm, tokenizer,
                       prompt=cfg.model.prompt, image_size=cfg.data.image_size)
 
@@ -213,7 +233,7 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     train_tokens, val_tokens = encode_world(model, world, cache_dir), encode_world(model, val_world, cache_dir)
     t_enc = time.time() - t_enc
 
-    collate = make_collate(model._prompt_ids, model._image_mask, model.pad_id)
+    collate = make_collate(model._prompt_ids[model.n_fixed:], model._image_mask[model.n_fixed:], model.pad_id)
     eos_id = model.end_of_turn_id
     train_set = CaptionPairs(train_tokens, world, model.tokenizer, eos_id)
     val_set = CaptionPairs(val_tokens, val_world, model.tokenizer, eos_id)
