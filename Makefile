@@ -30,16 +30,16 @@ test-all: install
 	$(PY) -m pytest -q -m ''
 
 run: install
-	$(VENV)/bin/coxlmm
+	$(VENV)/bin/coxlmm $(ARGS)
 
 train-mini: install
-	$(PY) -m coxlmm.train.connector
+	$(PY) -m coxlmm.train.connector $(ARGS)
 
 train-scorer: install
 	$(PY) -m coxlmm.train.scorer
 
 quality: install
-	$(PY) bench/depalm_quality.py
+	$(PY) bench/depalm_quality.py $(ARGS)
 
 paper: install
 	@# The paper's sweeps on the embedded default, about 20-25 min on 2 cores (docs/sweeps.md).
