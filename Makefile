@@ -41,16 +41,20 @@ train-scorer: install
 quality: install
 	$(PY) bench/depalm_quality.py $(ARGS)
 
+# The paper sweeps read 4,000 + 400 world images per token (~920 + ~95 samples) to stay near 20 min;
+# `make paper PAPER_DATA=` uses the default run's 9,000 + 1,300 (~2,080 + ~300 samples, ~35 min).
+PAPER_DATA ?= data.n_train=4000 data.n_test=400
+
 paper: install
 	@# The paper's sweeps on the embedded default, about 20-25 min on 2 cores (docs/sweeps.md).
 	@# Old sweep dirs go first: coxlmm-tables reads every job dir under a sweep.
 	rm -rf outputs/multirun/paper_features outputs/multirun/paper_table1 outputs/multirun/layer_ablation outputs/multirun/k_ablation
 	@# 1. Features once per token, one token after another; the parallel (joblib) jobs then only read the cache.
-	$(VENV)/bin/coxlmm -m experiment=paper_features
+	$(VENV)/bin/coxlmm -m experiment=paper_features $(PAPER_DATA)
 	@# 2. The sweeps: methods x tokens (Table 1, overlap, recovery), every layer, K.
-	$(VENV)/bin/coxlmm -m experiment=paper_table1
-	$(VENV)/bin/coxlmm -m experiment=layer_ablation
-	$(VENV)/bin/coxlmm -m experiment=k_ablation
+	$(VENV)/bin/coxlmm -m experiment=paper_table1 $(PAPER_DATA)
+	$(VENV)/bin/coxlmm -m experiment=layer_ablation $(PAPER_DATA)
+	$(VENV)/bin/coxlmm -m experiment=k_ablation $(PAPER_DATA)
 	@# 3. tables.md / tables.csv / runs.csv / PNG figures in each sweep dir.
 	$(VENV)/bin/coxlmm-tables outputs/multirun/paper_table1 outputs/multirun/layer_ablation outputs/multirun/k_ablation
 
