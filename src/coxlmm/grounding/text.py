@@ -41,6 +41,8 @@ Known limits: web2 lacks modern words (laptop, skateboard, frisbee) and longer a
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -69,9 +71,6 @@ def grounding_vocabulary() -> frozenset[str]:
     """The default word list of `filter_words`: web2 minus short entries that are not whole-word
     tokens of all-MiniLM-L6-v2's vocabulary (rule and counts: module doc). Without that package,
     plain web2 (with a warning)."""
-    import os
-    import warnings
-
     from coxlmm.errors import CoxlmmError
     from coxlmm.scorers.bertscore import minilm_dir
 
