@@ -1,4 +1,9 @@
-"""Hydra entry point: `coxlmm [overrides]`, `coxlmm -m ...` for sweeps (also `python -m coxlmm`)."""
+"""Hydra entry point: `coxlmm [overrides]`, `coxlmm -m ...` for sweeps (also `python -m coxlmm`).
+
+Each Hydra job opens its loggers (one W&B run, offline by default) with the composed config before any
+stage runs and closes them when it ends: `success`, or `failed` with its error, so a job that crashes
+still leaves its record.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 import warnings
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from coxlmm.config import register_configs
 from coxlmm.errors import CoxlmmError
@@ -23,15 +28,28 @@ def _app(cfg: DictConfig) -> float | None:
     import lightning.pytorch  # noqa: F401 - imported first so the level set below sticks
 
     from coxlmm.pipeline import run
+    from coxlmm.report.log import JobLog
 
     # Lightning sets its own logger to INFO on import (device lines, tips): keep warnings only.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     try:
-        metrics = run(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation that cannot resolve: the user's config, said plainly
+        print(f"\ncoxlmm: error: the config does not resolve ({type(e).__name__}: {e})", file=sys.stderr)
+        sys.exit(2)
+    job = JobLog(cfg.logger, resolved)
+    try:
+        metrics = run(cfg, job)
     except CoxlmmError as e:
+        job.finish("failed", str(e))
         log.error("%s", e)
         print(f"\ncoxlmm: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BaseException as e:  # a crash or Ctrl-C: the W&B run says so, then the error goes on
+        job.finish("failed", f"{type(e).__name__}: {e}")
+        raise
+    job.finish("success")
     # A scalar for Hydra sweepers (optimisers) that minimise a job's return value.
     return None if not metrics else metrics.get("recon_rel_error_test", metrics.get("recon_rel_error_train"))
 

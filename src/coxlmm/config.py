@@ -1,7 +1,13 @@
 """Structured config schema: a typo in a key fails at composition with Hydra's own error.
 
-Groups (`model`, `data`, `method`, `metrics`, `scorer`, `logger`) hold `_target_` objects and are
-typed `Any` here; their keys are still checked, because Hydra puts the whole config in struct mode.
+Groups (`model`, `data`, `method`, `metrics`, `scorer`, `logger`, `trainer`) hold `_target_` objects
+and are typed `Any` here; their keys are still checked, because Hydra puts the whole config in struct
+mode.
+
+Placement lives in one place, the `trainer` group (conf/trainer/{cpu,gpu,ddp}.yaml, a
+`lightning.pytorch.Trainer`): the model stages run on its devices, and the top-level `device` (where
+dictionaries are fitted and scorers run) defaults to the trainer's accelerator through the
+`${device_of:...}` resolver registered here.
 """
 
 from __future__ import annotations
@@ -10,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from coxlmm.errors import CoxlmmError
 
 
 @dataclass
 class ExtractionConfig:
-    batch_size: int = 8
+    batch_size: int = 32
     max_new_tokens: int = 50
     layers: str = "all"  # all | requested — "all" lets every layer sweep share one extraction
     store_dtype: str = "float32"  # float32 | float16 | bfloat16
@@ -23,17 +31,16 @@ class ExtractionConfig:
     max_samples_train: Optional[int] = None
     max_samples_test: Optional[int] = None
     num_workers: int = 0
+    progress_every_s: float = 30.0  # a progress line (done/total, rate, ETA) this often in a log without a TTY
 
 
 @dataclass
-class TrainerConfig:
-    """Lightning Trainer settings for extraction (device, precision, multi-GPU)."""
+class NoiseConfig:
+    """The position-matched noise source (Noise-Imgs baseline, prefix-only control): each selected
+    sample's own caption prefix, teacher-forced after a noise image, read at the position that predicts t."""
 
-    accelerator: str = "auto"  # auto | cpu | gpu
-    devices: Any = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn ...
-    num_nodes: int = 1
-    precision: Any = "32-true"
+    images: str = "noise"  # noise | real (the sample's own image: a check that equals the extraction)
+    seed: int = 0  # fixed, not the job's seed: one source per (model, data, token, prompt) for every job
 
 
 @dataclass
@@ -54,9 +61,9 @@ class PathsConfig:
 @dataclass
 class Config:
     token: str = "circle"
-    layers: list[int] = field(default_factory=lambda: [-1])
+    layers: list[Any] = field(default_factory=lambda: [-1])  # ints (negative from the end) or "norm"
     seed: int = 0
-    device: str = "cpu"  # where dictionaries are fitted: cpu | cuda
+    device: str = "${device_of:${trainer.accelerator}}"  # dictionaries and scorers: cpu | cuda
     train_split: str = "train"
     test_split: str = "test"
     model: Any = MISSING
@@ -65,13 +72,63 @@ class Config:
     metrics: Any = field(default_factory=dict)
     scorer: Any = None
     logger: Any = field(default_factory=dict)
+    trainer: Any = MISSING
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     figures: bool = True
+    report: bool = True
     print_summary: bool = True
+
+
+def device_of(accelerator: Any) -> str:
+    """The torch device of a Lightning accelerator name: cpu -> cpu; gpu/cuda -> cuda; auto -> cuda if present."""
+    acc = str(accelerator).lower()
+    if acc in ("gpu", "cuda"):
+        return "cuda"
+    if acc == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("device_of"):
+        OmegaConf.register_new_resolver("device_of", device_of)
+
+
+def build(node, **kwargs):
+    """`hydra.utils.instantiate`, re-raising our own user-facing errors unwrapped."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, CoxlmmError):
+            cause = cause.__cause__
+        raise (cause or e)
+
+
+def check_extraction(e: Any) -> None:
+    """Bad extraction settings get one clear paragraph, before any model is loaded."""
+    def bad(key: str, value: Any, want: str) -> CoxlmmError:
+        return CoxlmmError(f"extraction.{key}={value!r} is invalid: {want}.")
+
+    if not isinstance(e.batch_size, int) or e.batch_size < 1:
+        raise bad("batch_size", e.batch_size, "use a positive number of images per batch, e.g. 32")
+    if not isinstance(e.max_new_tokens, int) or e.max_new_tokens < 1:
+        raise bad("max_new_tokens", e.max_new_tokens, "use a positive number of generated tokens, e.g. 50")
+    if e.layers not in ("all", "requested"):
+        raise bad("layers", e.layers, "use all (store every layer) or requested")
+    if e.store_dtype not in ("float32", "float16", "bfloat16"):
+        raise bad("store_dtype", e.store_dtype, "use float32, float16 or bfloat16")
+    for key in ("max_samples_train", "max_samples_test"):
+        v = getattr(e, key)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise bad(key, v, "use null (no cap) or a positive number of samples")
+    if not isinstance(e.num_workers, int) or e.num_workers < 0:
+        raise bad("num_workers", e.num_workers, "use 0 (load images in the main process) or more workers")

@@ -1,10 +1,26 @@
-"""Where the project's own files live (the package is installed editable from the repo)."""
+"""Where coxlmm's own files live, and where a run writes by default.
+
+Everything a run writes goes under the current directory (`outputs/`), never into the package.
+"""
 
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[1]
 CONF_DIR = REPO_ROOT / "conf"
-OUTPUTS_DIR = REPO_ROOT / "outputs"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
-CACHE_DIR = OUTPUTS_DIR / "cache"  # re-computable caches (e.g. DePALM-mini's visual tokens), never committed
+
+
+def outputs_dir() -> Path:
+    """`outputs/` under the current directory: runs, sweeps and re-computable caches."""
+    return Path.cwd() / "outputs"
+
+
+def cache_dir() -> Path:
+    """Re-computable caches (e.g. DePALM-mini's visual tokens for training), never committed."""
+    return outputs_dir() / "cache"
+
+
+# Kept for the training recipes and benches until they compose the main config groups.
+OUTPUTS_DIR = REPO_ROOT / "outputs"
+CACHE_DIR = OUTPUTS_DIR / "cache"

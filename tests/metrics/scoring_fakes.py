@@ -6,7 +6,8 @@
 - `TinyLMM`: the real BERT WordPiece tokenizer of all-MiniLM-L6-v2 with a random unembedding, so
   the real word filter (`grounding.text`) runs; one linear "decoder block" hooked by the extraction.
 - `RowsDictionary`: U = the K largest-norm rows of Z (normalised), V = relu(Z Uᵀ).
-- `make_ctx`: an EvalContext on small shapes-world splits with K = 4 concepts named after colours.
+- `make_input`: an EvalInput on small shapes-world splits with K = 4 concepts named after colours.
+- `records_of`: store-like records (index, id, token_ids, annotation) for dataset rows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from coxlmm.data.shapes import ShapesWorld
 from coxlmm.grounding.concept_set import ConceptSet
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import EvalInput, Services, Split
 from coxlmm.models.base import GenerationOutput
 from coxlmm.scorers.base import Scorer, Scorers, l2_normalise
 
@@ -86,6 +87,9 @@ class TinyLMM(nn.Module):
     def decoder_layers(self):
         return self.blocks
 
+    def hook_points(self):
+        return list(self.blocks)
+
     def generate(self, inputs, max_new_tokens):
         h = self.blocks[0](self.inp(inputs["pixels"])[:, None, :])  # (B, 1, H): one "prefill" call
         ids = self.unembed(h[:, -1]).argmax(-1, keepdim=True)
@@ -119,22 +123,43 @@ H, K = 16, 4
 CONCEPT_WORDS = [["red", "circle"], ["blue", "star", "large"], [], ["green"]]
 
 
-def make_ctx(scorer="fake", lmm=True) -> EvalContext:
+def records_of(dataset, rows=None, token: str = "circle") -> list[dict]:
+    """Store-like records of dataset rows: index, id, token_ids, and the world's target annotation."""
+    rows = range(len(dataset)) if rows is None else rows
+    out = []
+    for i in rows:
+        rec = dataset.records[i]
+        ann = dataset.annotate(rec, rec.captions[0], "", token) if hasattr(dataset, "annotate") else {}
+        out.append({"index": i, "id": rec.id, "caption": rec.captions[0], "position": 0, "token_ids": [1],
+                    "annotation": ann})
+    return out
+
+
+def make_input(scorer="fake", lmm=True, *, refit=None, noise_train=None, noise_test=None, V_test=None,
+               dictionary=None, factors=None, token="circle") -> EvalInput:
     train = ShapesWorld("train", n_train=40, image_size=32)
     test = ShapesWorld("test", n_test=12, image_size=32)
     g = torch.Generator().manual_seed(0)
     Z_train, Z_test = torch.randn(40, H, generator=g), torch.randn(12, H, generator=g)
     U = torch.nn.functional.normalize(torch.randn(K, H, generator=g), dim=1)
-    V_train, V_test = torch.relu(Z_train @ U.T), torch.relu(Z_test @ U.T)
+    V_train = torch.relu(Z_train @ U.T)
+    V_test = torch.relu(Z_test @ U.T) if V_test is None else V_test
     colour_rows = {c: [i for i, r in enumerate(train.records) if c in r.attributes["colour"]][:5]
                    for c in ("red", "blue", "green")}
     top = [colour_rows["red"], colour_rows["blue"], [0, 1], colour_rows["green"]]
     concepts = ConceptSet(U=U, V=V_train, words=CONCEPT_WORDS, top_indices=top,
                           top_samples=[[train.records[r].id for r in rows] for rows in top])
-    return EvalContext(
-        dictionary=None, concepts=concepts, Z_train=Z_train, V_train=V_train, Z_test=Z_test, V_test=V_test,
-        train_records=train.records, test_records=test.records, train_dataset=train, test_dataset=test,
-        train_indices=list(range(40)), test_indices=list(range(12)),
-        lmm=TinyLMM(H) if lmm else None, scorer=fake_scorers() if scorer == "fake" else scorer,
-        make_dictionary=lambda seed: RowsDictionary(K), layer=-1, seed=0,
-    )
+    lens = TinyLMM(H) if lmm else None
+
+    def ground(U_):
+        from coxlmm.grounding.text import concept_words
+
+        return concept_words(lens, U_, n_top=50, n_words=10)
+
+    return EvalInput(
+        train=Split(Z_train, V_train, records_of(train, token=token), train, noise_train),
+        test=Split(Z_test, V_test, records_of(test, token=token), test, noise_test),
+        dictionary=dictionary, concepts=concepts,
+        services=Services(lens=lens, ground=ground, refit=refit or (lambda Z, seed: RowsDictionary(K).fit(Z)),
+                          scorer=fake_scorers() if scorer == "fake" else scorer),
+        token=token, layer=0, seed=0, factors=factors if factors is not None else {})

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from coxlmm.concepts import build_dictionary
 from coxlmm.errors import CoxlmmError
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import EvalInput, Services, Split
 from coxlmm.metrics.overlap import Overlap, overlap
 from coxlmm.metrics.reconstruction import Reconstruction, explained_variance, relative_error
 from coxlmm.metrics.sparsity import Sparsity, dead_concepts, sparsity_l0
@@ -37,18 +37,13 @@ def blobs(M: int = 60, seed: int = 0) -> torch.Tensor:
     return centres[torch.arange(M) % 3] + 0.1 * torch.randn(M, 6, generator=g)
 
 
-def context(method: str, Z: torch.Tensor, K: int = 3, words=None, Z_test=None, seed: int = 0):
+def context(method: str, Z: torch.Tensor, K: int = 3, words=None, Z_test=None, seed: int = 0, refit=None):
     d = build_dictionary(method, n_concepts=K, seed=seed).fit(Z)
-    return EvalContext(
-        dictionary=d,
-        concepts=SimpleNamespace(words=words if words is not None else [[]] * K),
-        Z_train=Z,
-        V_train=d.V_train,
-        Z_test=Z_test,
-        V_test=d.encode(Z_test) if Z_test is not None else None,
-        make_dictionary=lambda s: build_dictionary(method, n_concepts=K, seed=s),
-        seed=seed,
-    )
+    test = Split(Z_test, d.encode(Z_test), [], None) if Z_test is not None else None
+    refit = refit or (lambda Z_, s: build_dictionary(method, n_concepts=K, seed=s).fit(Z_))
+    return EvalInput(train=Split(Z, d.V_train, [], None), test=test, dictionary=d,
+                     concepts=SimpleNamespace(words=words if words is not None else [[]] * K),
+                     services=Services(lens=None, ground=None, refit=refit), token="t", layer=0, seed=seed)
 
 
 # --- overlap -----------------------------------------------------------------------------------
@@ -71,7 +66,7 @@ def test_overlap_extremes_and_duplicates():
 
 def test_overlap_metric_reads_the_concepts():
     ctx = context("pca", blobs(), words=[["a", "b"], ["b", "c", "d"], []])
-    out = Overlap()(ctx)
+    out = Overlap()(ctx).scores
     assert out == {"overlap": pytest.approx(5 / 36)} and type(out["overlap"]) is float
 
 
@@ -88,18 +83,18 @@ def test_relative_error_and_explained_variance_by_hand():
 def test_reconstruction_metric_train_and_test():
     Z = blobs(90)
     ctx = context("semi_nmf", Z[:60], K=3, Z_test=Z[60:])
-    out = Reconstruction()(ctx)
+    out = Reconstruction()(ctx).scores
     assert set(out) == {"recon_rel_error_train", "recon_rel_error_test",
                         "explained_variance", "explained_variance_test"}
     assert all(type(v) is float for v in out.values())
     assert 0 <= out["recon_rel_error_train"] < 0.05 and out["explained_variance"] > 0.95
-    expected = relative_error(ctx.Z_train, ctx.V_train @ ctx.dictionary.U)
+    expected = relative_error(ctx.train.Z, ctx.train.V @ ctx.dictionary.U)
     assert out["recon_rel_error_train"] == pytest.approx(expected)
 
 
 def test_reconstruction_without_test_split_and_pca_mean():
     ctx = context("pca", blobs(), K=2)
-    out = Reconstruction()(ctx)
+    out = Reconstruction()(ctx).scores
     assert "recon_rel_error_test" not in out
     # PCA with K = 2 reconstructs three clusters exactly up to noise (the mean is added back).
     assert out["explained_variance"] > 0.99
@@ -112,13 +107,13 @@ def test_sparsity_by_hand():
     assert sparsity_l0(V) == pytest.approx(1.5)
     assert dead_concepts(V) == 1
     assert sparsity_l0(V, atol=1.5) == pytest.approx(1.0) and dead_concepts(V, atol=1.5) == 1
-    out = Sparsity()(SimpleNamespace(V_train=V))
-    assert out == {"sparsity_l0": 1.5, "dead_concepts": 1.0}
+    out = Sparsity()(SimpleNamespace(train=Split(V, V, [], None), test=Split(V[:1], V[:1], [], None)))
+    assert out.scores == {"sparsity_l0": 1.5, "dead_concepts": 1.0, "sparsity_l0_test": 1.0}
 
 
 def test_sparsity_on_semi_nmf_codes():
     ctx = context("semi_nmf", blobs(), K=3)
-    out = Sparsity()(ctx)
+    out = Sparsity()(ctx).scores
     assert 1.0 <= out["sparsity_l0"] <= 3.0 and out["dead_concepts"] == 0.0
 
 
@@ -134,28 +129,29 @@ def test_matched_cosine_ignores_order_and_sign():
 
 
 def test_stability_of_kmeans_on_separated_clusters():
-    out = Stability()(context("kmeans", blobs(), K=3))
-    assert out["stability"] == pytest.approx(1.0, abs=1e-3)
+    res = Stability()(context("kmeans", blobs(), K=3))
+    assert res.scores["stability"] == pytest.approx(1.0, abs=1e-3)
+    matches = res.artifacts["stability_matches"]
+    assert sorted(m["matched"] for m in matches) == [0, 1, 2] and all(m["matched_cos"] > 0.99 for m in matches)
 
 
 def test_stability_refits_with_the_next_seed():
     seeds = []
-    ctx = context("random_dict", blobs(), K=3, seed=7)
-    make = ctx.make_dictionary
-    ctx.make_dictionary = lambda s: (seeds.append(s), make(s))[1]
-    out = Stability()(ctx)
+
+    def refit(Z, s):
+        seeds.append(s)
+        return build_dictionary("random_dict", n_concepts=3, seed=s).fit(Z)
+
+    out = Stability()(context("random_dict", blobs(), K=3, seed=7, refit=refit)).scores
     assert seeds == [8]
     assert 0.0 <= out["stability"] < 0.99  # random directions of two seeds differ
 
 
 def test_stability_on_a_subset_and_bad_input():
     ctx = context("semi_nmf", blobs(), K=3)
-    assert Stability(fraction=0.5)(ctx)["stability"] > 0.9
+    assert Stability(fraction=0.5)(ctx).scores["stability"] > 0.9
     with pytest.raises(CoxlmmError, match="fraction=0"):
         Stability(fraction=0)
-    ctx.make_dictionary = None
-    with pytest.raises(CoxlmmError, match="needs ctx.make_dictionary"):
-        Stability()(ctx)
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -168,7 +164,7 @@ def test_core_config_lists_working_metrics():
     ctx = context("semi_nmf", Z[:60], K=3, words=[["a"], ["a", "b"], ["c"]], Z_test=Z[60:])
     results = {}
     for metric in metrics.values():
-        results.update(metric(ctx))
+        results.update(metric(ctx).scores)
     assert {"overlap", "recon_rel_error_train", "recon_rel_error_test", "explained_variance",
-            "sparsity_l0", "dead_concepts", "stability"} <= set(results)
+            "sparsity_l0", "sparsity_l0_test", "dead_concepts", "stability"} <= set(results)
     assert all(type(v) is float for v in results.values())

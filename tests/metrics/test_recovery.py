@@ -1,8 +1,10 @@
-"""Ground-truth recovery: AUROC with ties, the Hungarian matching, and the metric's end points
-(1.0 for a dictionary made of the true factors, about 0.5 for a random one)."""
+"""Ground-truth recovery: AUROC with ties, the Hungarian matching, target-object labels, and the
+metric's end points (1.0 for a dictionary made of the true factors, about 0.5 for a random one), its
+nulls (prefix-only, a centred random dictionary) and the DiffMean reference."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,17 +14,19 @@ from sklearn.metrics import roc_auc_score
 
 from coxlmm.data.base import SampleRecord
 from coxlmm.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import EvalInput, Services, Split
 from coxlmm.metrics.recovery import (
     Recovery,
     auroc,
     auroc_matrix,
-    concept_purity,
-    factor_labels,
+    centred_relu,
     match_concepts,
     matched_aurocs,
+    purity_corrected,
+    target_labels,
     words_name_value,
 )
+from tests.metrics.scoring_fakes import records_of
 
 VALUES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "position": tuple(POSITIONS)}
 
@@ -61,12 +65,12 @@ def test_hungarian_beats_greedy_and_leaves_extra_values_at_chance():
     assert matched_aurocs(A3, match).tolist() == pytest.approx([0.9, 0.95, 0.5])
 
 
-def test_factor_labels_drop_values_without_negatives():
-    attrs = [{"shape": ["circle"], "colour": ["red"]}, {"shape": ["circle", "star"], "colour": ["blue", "red"]}]
-    names, Y = factor_labels(attrs, ("shape", "colour"))
-    # circle and red are in every sample: no negative, no AUROC.
-    assert names == [("shape", "star"), ("colour", "blue")]
-    assert Y.tolist() == [[False, False], [True, True]]
+def test_target_labels_drop_values_without_negatives():
+    anns = [{"target": {"shape": "circle", "colour": "red"}}, {"target": {"shape": "circle", "colour": "blue"}}, {}]
+    names, Y = target_labels(anns, {"shape": ["circle", "star"], "colour": ["red", "blue"]})
+    # star: no positive; circle: a positive and a negative (the sample without a target).
+    assert names == [("shape", "circle"), ("colour", "red"), ("colour", "blue")]
+    assert Y.tolist() == [[True, True, False], [True, False, True], [False, False, False]]
 
 
 def test_words_name_value():
@@ -75,70 +79,123 @@ def test_words_name_value():
     assert not words_name_value(["redish", "and"], "red")
 
 
-def test_purity_of_pure_and_mixed_concepts():
+def test_purity_is_corrected_for_the_base_rate():
     Y = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=bool)
-    V = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])  # concept 0 pure, concept 1: 3/4
-    assert concept_purity(V, Y, auroc_matrix(V, Y)) == pytest.approx((1.0 + 0.75) / 2)
+    V = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])  # concept 0 pure; concept 1: 3/4 on value 1
+    # base rate 1/2 for both values: (1 − 1/2) / (1/2) = 1 and (3/4 − 1/2) / (1/2) = 1/2
+    assert purity_corrected(V, Y, auroc_matrix(V, Y)) == pytest.approx((1.0 + 0.5) / 2)
+    # activation spread like the labels themselves: no better than the base rate
+    V_flat = np.ones((4, 1))
+    assert purity_corrected(V_flat, Y[:, :1], auroc_matrix(V_flat, Y[:, :1])) == pytest.approx(0.0)
 
 
 # --- the metric on the shapes world -------------------------------------------------------------
+TOKEN = "circle"
+
+
 @pytest.fixture(scope="module")
-def records() -> list[SampleRecord]:
-    return ShapesWorld(split="train", n_train=1500, seed=3).records  # factors only, no image rendered
+def world() -> ShapesWorld:
+    return ShapesWorld(split="train", n_train=1500, seed=3)  # factors only, no image rendered
 
 
-def true_factor_dictionary(records: list[SampleRecord]) -> tuple[np.ndarray, list[list[str]]]:
-    """One concept per factor value of the world: V = its indicator, words = [value]."""
+@pytest.fixture(scope="module")
+def records(world) -> list[dict]:
+    """Store-like records of the samples with a circle (the ones a token-`circle` run selects)."""
+    rows = [i for i, r in enumerate(world.records) if TOKEN in r.attributes["shape"]]
+    return records_of(world, rows, token=TOKEN)
+
+
+def factors(world) -> dict[str, list[str]]:
+    return world.factor_values()
+
+
+def true_factor_dictionary(world, records) -> tuple[np.ndarray, list[list[str]]]:
+    """One concept per factor value of the target (but its shape, t itself): V = its indicator, words = [value]."""
     cols, words = [], []
-    for factor, values in VALUES.items():
-        for value in values:
-            cols.append([float(value in r.attributes[factor]) for r in records])
+    for factor, values in factors(world).items():
+        for value in values if factor != "shape" else []:
+            cols.append([float(r["annotation"]["target"][factor] == value) for r in records])
             words.append([value])
     return np.array(cols).T, words
 
 
-def context(records, V: np.ndarray, words, Z: torch.Tensor | None = None, **kw) -> EvalContext:
+def make(world, records, V, words, Z=None, noise=None, dictionary=None, seed=0) -> EvalInput:
     V_t = torch.tensor(V, dtype=torch.float32)
     Z = Z if Z is not None else torch.randn(len(records), 16, generator=torch.Generator().manual_seed(0))
-    return EvalContext(dictionary=None, concepts=SimpleNamespace(words=words), Z_train=Z, V_train=V_t,
-                       train_records=records, **kw)
+    split = Split(Z, V_t, records, world, noise)
+    return EvalInput(train=split, test=None, dictionary=dictionary, concepts=SimpleNamespace(words=words),
+                     services=Services(lens=None, ground=lambda U: [[]] * len(U), refit=None), token=TOKEN,
+                     layer=0, seed=seed, factors=factors(world))
 
 
-def test_true_factor_dictionary_recovers_everything(records):
-    V, words = true_factor_dictionary(records)
-    ctx = context(records, V, words)
-    out = Recovery()(ctx)
-    for key in ("recovery_lenient", "recovery_matched", "concept_purity", "grounding_accuracy"):
+def test_true_factor_dictionary_recovers_everything(world, records):
+    V, words = true_factor_dictionary(world, records)
+    res = Recovery(prefix_only=False, diffmean=False)(make(world, records, V, words))
+    out = res.scores
+    for key in ("recovery_lenient", "recovery_matched", "purity_corrected", "grounding_accuracy"):
         assert out[key] == pytest.approx(1.0), key
-    for f in VALUES:
+    for f in ("colour", "size", "position"):
         assert out[f"recovery_matched/{f}"] == pytest.approx(1.0)
-    assert out["recovery_n_values"] == sum(len(v) for v in VALUES.values())
-    # The random baseline (ReLU(Z U_r^T) on Z unrelated to the factors) sits at chance; no model: no words.
+    # shape = circle for every target: no negative, no column; the other values are all there.
+    assert out["recovery_n_values"] == len(COLOURS) + len(SIZES) + len(POSITIONS)
+    assert "recovery_matched/shape" not in out
+    # The random baseline (centred ReLU(Z U_r^T) on Z unrelated to the factors) sits at chance.
     assert out["recovery_matched_random"] == pytest.approx(0.5, abs=0.06)
-    assert "grounding_accuracy_random" not in out
-    table = ctx.artifacts["recovery_table"]
+    assert out["recovery_matched_random/colour"] == pytest.approx(0.5, abs=0.08)
+    table = res.artifacts["recovery_table"]
     assert len(table) == out["recovery_n_values"] and all(row["words_name_value"] for row in table)
+    assert all("auroc_random" in row for row in table)
 
 
-def test_random_dictionary_is_near_chance(records):
-    rng = np.random.default_rng(1)
-    K = 19  # as many concepts as factor values
-    V = np.maximum(rng.standard_normal((len(records), K)), 0)
-    out = Recovery(random_baseline=False)(context(records, V, [["and"]] * K))
-    assert out["recovery_matched"] == pytest.approx(0.5, abs=0.06)
-    assert out["grounding_accuracy"] == 0.0
-    assert out["recovery_lenient"] > out["recovery_matched"]  # the lenient score's optimism
-    assert not any(k.endswith("_random") for k in out)
+def test_position_words_are_nameable():
+    """`top` and `bottom` are scikit-learn stopwords; as declared factor values they are kept."""
+    from coxlmm.grounding.text import filter_words
+
+    assert filter_words([" top", " bottom"]) == []
+    assert filter_words([" top", " bottom"], keep={"top", "bottom"}) == ["top", "bottom"]
 
 
-def test_prefers_test_rows(records):
-    V, words = true_factor_dictionary(records)
-    noise = np.random.default_rng(2).random(V.shape)
-    ctx = context(records[:10], noise[:10], words, V_test=torch.tensor(V, dtype=torch.float32),
-                  Z_test=torch.randn(len(records), 16), test_records=records)
-    assert Recovery(random_baseline=False)(ctx)["recovery_matched"] == pytest.approx(1.0)
+def test_prefix_only_null_encodes_the_noise_states_with_the_same_dictionary(world, records):
+    V, words = true_factor_dictionary(world, records)
+
+    class Fixed:
+        """encode(noise) = the true indicators: a prefix that carries every factor."""
+        def encode(self, Z):
+            return torch.tensor(V, dtype=torch.float32)
+
+    noise = torch.zeros(len(records), 16)
+    out = Recovery(diffmean=False)(make(world, records, V, words, noise=noise, dictionary=Fixed())).scores
+    assert out["recovery_matched_prefix_only"] == pytest.approx(1.0)
+    assert Recovery().needs == {"noise:test"} and Recovery(prefix_only=False).needs == set()
 
 
-def test_no_attributes_no_scores():
-    recs = [SampleRecord(id=str(i), captions=["a dog"]) for i in range(5)]
-    assert Recovery()(context(recs, np.random.rand(5, 3), [[]] * 3)) == {}
+def test_centred_random_directions_fire_on_about_half_the_samples():
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(400, 32, generator=g) + 50.0  # a large common component, as LLM states have
+    from coxlmm.grounding.text import random_directions
+
+    U = random_directions(20, 32, seed=0)
+    uncentred = (torch.relu(Z @ U.T) > 0).float().mean(0)
+    centred = (centred_relu(Z, U, Z.mean(0)) > 0).float().mean(0)
+    assert ((uncentred == 0) | (uncentred == 1)).any()  # some directions fire on all or no samples
+    assert ((centred > 0.3) & (centred < 0.7)).all()
+
+
+def test_diffmean_reference_recovers_a_planted_factor(world, records):
+    """Z carries the colour of the target along one direction per colour: DiffMean finds them."""
+    colours = list(COLOURS)
+    g = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(len(colours), 32, generator=g), dim=1)
+    Z = 0.3 * torch.randn(len(records), 32, generator=g)
+    for i, r in enumerate(records):
+        Z[i] += 3.0 * D[colours.index(r["annotation"]["target"]["colour"])]
+    V = np.random.default_rng(0).random((len(records), 13))
+    out = Recovery(prefix_only=False, random_baseline=False)(make(world, records, V, [[]] * 13, Z=Z)).scores
+    assert out["recovery_matched_diffmean/colour"] > 0.98
+    assert out["recovery_matched/colour"] == pytest.approx(0.5, abs=0.1)  # the random codes do not
+
+
+def test_no_factors_no_scores(world, records):
+    V, words = true_factor_dictionary(world, records)
+    inp = dataclasses.replace(make(world, records, V, words), factors={})
+    assert Recovery()(inp).scores == {}

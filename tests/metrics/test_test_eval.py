@@ -1,77 +1,117 @@
-"""TestSampleScores (paper Table 1) on a small synthetic EvalContext with fake scorers and a tiny LMM."""
+"""TestSampleScores (paper Table 1) and its nulls on a small synthetic EvalInput with fake scorers."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 import torch
 
-from coxlmm.metrics.test_eval import TestSampleScores, noise_images, top_concepts
-from tests.metrics.scoring_fakes import CONCEPT_WORDS, K, make_ctx
+from coxlmm.metrics.test_eval import TestSampleScores, top1_word_sets, top_concepts
+from tests.metrics.scoring_fakes import CONCEPT_WORDS, K, RowsDictionary, make_input
 
-KEYS = {f"{m}_top{k}_{s}" for m in ("cs", "bs") for k in (1, 3) for s in ("mean", "std")}
-KEYS |= {f"{b}_{m}_top1_{s}" for b in ("rnd_words", "noise_imgs") for m in ("cs", "bs") for s in ("mean", "std")}
-KEYS |= {f"gt_captions_{m}_{s}" for m in ("cs", "bs") for s in ("mean", "std")}
-KEYS |= {"n_test_scored", "v_all_zero_frac", "top1_no_words_frac", "rnd_words_no_words_frac",
-         "noise_imgs_no_words_frac"}
+NULLS = ("rnd_words", "token_only", "rnd_concept", "noise_imgs")
 
 
-def test_documented_keys_and_ranges():
-    ctx = make_ctx()
-    out = TestSampleScores()(ctx)
-    assert ctx.artifacts["scorer_fingerprint"] == {"clip": {"scorer": "colour"}, "bert": {"bert": "overlap"}}
-    assert set(out) == KEYS
+def with_noise(inp, noise=None):
+    """The input with a training noise source (default: the training Z itself, i.e. real images)."""
+    train = dataclasses.replace(inp.train, noise=inp.train.Z.clone() if noise is None else noise)
+    return dataclasses.replace(inp, train=train)
+
+
+def test_documented_keys_ranges_and_artifacts():
+    inp = with_noise(make_input(), noise=torch.randn(40, 16))
+    res = TestSampleScores()(inp)
+    out = res.scores
+    for null in NULLS:
+        for m in ("cs", "bs"):
+            assert f"{null}_{m}_top1_mean" in out
+            assert {f"{m}_top1_vs_{null}_{s}" for s in ("diff", "ci_lo", "ci_hi", "significant")} <= set(out)
+    assert {"cs_top1_mean", "cs_top3_mean", "bs_top1_mean", "gt_captions_cs_mean", "gt_captions_bs_mean",
+            "top1_no_concept_frac", "noise_imgs_no_concept_frac", "rnd_words_len_mean"} <= set(out)
     assert all(isinstance(v, float) for v in out.values())
     for k, v in out.items():
-        if "_cs_" in k or k.startswith("cs_"):
+        if k.endswith("_mean") and ("_cs_" in k or k.startswith("cs_")):
             assert 0.0 <= v <= 2.5, (k, v)
-        elif "_bs_" in k or k.startswith("bs_"):
-            assert 0.0 <= v <= 1.0, (k, v)
-    assert out["n_test_scored"] == 12.0
-    # GT captions name the object's colour and shape: they beat the fake concepts on word overlap.
-    assert out["gt_captions_bs_mean"] > out["bs_top1_mean"]
+    assert res.artifacts["scorer_fingerprint"] == {"clip": {"scorer": "colour"}, "bert": {"bert": "overlap"}}
+    scores = res.artifacts["test_scores"]
+    assert len(scores["ids"]) == 12 and len(scores["scores"]["top1_cs"]) == 12
+    assert {"token_only_cs", "rnd_concept_bs", "noise_imgs_cs", "gt_captions_bs"} <= set(scores["scores"])
+    assert len(res.artifacts["noise_imgs_words"]) == K
 
 
-def test_flags_turn_baselines_off():
-    out = TestSampleScores(rnd_words=False, noise_imgs=False, gt_captions=False)(make_ctx())
-    assert not any(k.startswith(("rnd_words", "noise_imgs", "gt_captions")) for k in out)
-    assert "cs_top1_mean" in out
+def test_every_rnd_words_set_is_non_empty_and_as_long_as_the_concepts_words():
+    inp = make_input()
+    V = torch.zeros(12, K)
+    for i in range(12):
+        V[i, i % K] = 1.0  # every concept is some sample's top-1, concept 2 has no words
+    inp = dataclasses.replace(inp, test=dataclasses.replace(inp.test, V=V))
+    res = TestSampleScores(nulls=("rnd_words",))(inp)
+    from coxlmm.grounding.text import random_words_like
+
+    lengths = [len(w) or inp.n_words for w in CONCEPT_WORDS]
+    sets = random_words_like(inp.services.lens, lengths, seed=0)
+    assert [len(s) for s in sets] == lengths and all(sets)
+    assert res.scores["rnd_words_len_mean"] == pytest.approx(sum(lengths[i % K] for i in range(12)) / 12)
 
 
-def test_top1_uses_the_largest_activation():
-    ctx = make_ctx()
-    ctx.V_test = torch.zeros(12, K)
-    ctx.V_test[:, 0] = 1.0  # every sample's top concept: "red, circle"
-    out = TestSampleScores(rnd_words=False, noise_imgs=False, gt_captions=False)(ctx)
+def test_token_only_and_rnd_concept_use_the_same_scorer():
+    inp = make_input()
+    res = TestSampleScores(nulls=("token_only", "rnd_concept"))(inp)
+    clip = inp.services.scorer.clip
     from coxlmm.scorers.words import words_clip_scores
 
-    clip = ctx.scorer.clip
-    imgs = clip.embed_images([ctx.test_dataset[i].image for i in range(12)])
-    expected = words_clip_scores(clip, imgs, [CONCEPT_WORDS[0]] * 12)
-    assert out["cs_top1_mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
-    assert out["top1_no_words_frac"] == 0.0
+    emb = clip.embed_images([inp.test.image(i) for i in range(12)])
+    expected = words_clip_scores(clip, emb, [["circle"]] * 12)
+    assert res.scores["token_only_cs_top1_mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert res.artifacts["test_scores"]["scores"]["token_only_cs"] == pytest.approx(expected.tolist(), abs=1e-5)
+    # The random concept is a concept of the same dictionary: its per-sample words are some T_k.
+    assert "rnd_concept_bs_top1_mean" in res.scores
 
 
-def test_without_scorer_or_test_features_returns_empty_and_warns_once(caplog):
-    metric = TestSampleScores()
+def test_noise_imgs_with_the_real_states_scores_like_the_method():
+    """The noise source made of the real images' states (noise.images=real) must reproduce the
+    method's own top-1 scores: the baseline changes the image and nothing else."""
+    inp = make_input()
+    ground = inp.services.ground
+    method = RowsDictionary(K).fit(inp.train.Z)
+    concepts = dataclasses.replace(inp.concepts, U=method.U, words=ground(method.U))
+    inp = dataclasses.replace(inp, concepts=concepts,
+                              test=dataclasses.replace(inp.test, V=method.encode(inp.test.Z)))
+    out = TestSampleScores(nulls=("noise_imgs",))(with_noise(inp)).scores
+    for m in ("cs", "bs"):
+        assert out[f"noise_imgs_{m}_top1_mean"] == pytest.approx(out[f"{m}_top1_mean"], abs=1e-9)
+        assert out[f"{m}_top1_vs_noise_imgs_diff"] == 0.0 and out[f"{m}_top1_vs_noise_imgs_significant"] == 0.0
+
+
+def test_a_row_with_no_concept_scores_zero_and_is_counted():
+    V = torch.zeros(12, K)
+    V[:6, 0] = 1.0  # half the samples: concept 0; the other half: all codes zero
+    inp = make_input(V_test=V)
+    res = TestSampleScores(nulls=(), gt_captions=False)(inp)
+    assert res.scores["top1_no_concept_frac"] == 0.5
+    cs = res.artifacts["test_scores"]["scores"]["top1_cs"]
+    assert all(c == 0.0 for c in cs[6:]) and any(c > 0 for c in cs[:6])
+    assert top1_word_sets(V, CONCEPT_WORDS)[6] == []
+
+
+def test_without_scorer_or_test_features_returns_empty(caplog):
     with caplog.at_level(logging.WARNING):
-        assert metric(make_ctx(scorer=None)) == {}
-        assert metric(make_ctx(scorer=None)) == {}
-    assert sum("no scorer" in r.message for r in caplog.records) == 1
-    ctx = make_ctx()
-    ctx.Z_test = ctx.V_test = None
-    assert TestSampleScores()(ctx) == {}
+        assert TestSampleScores()(make_input(scorer=None)).scores == {}
+    assert any("no scorer" in r.message for r in caplog.records)
+    inp = make_input()
+    assert TestSampleScores()(dataclasses.replace(inp, test=None)).scores == {}
 
 
-def test_baselines_skipped_without_lmm():
-    out = TestSampleScores()(make_ctx(lmm=False))
-    assert "cs_top1_mean" in out and not any(k.startswith(("rnd_words", "noise_imgs")) for k in out)
+def test_noise_imgs_is_skipped_without_its_source_and_declares_its_need():
+    out = TestSampleScores()(make_input()).scores
+    assert "cs_top1_mean" in out and not any(k.startswith("noise_imgs") for k in out)
+    assert TestSampleScores().needs == {"noise:train"} and TestSampleScores(nulls=("token_only",)).needs == set()
 
 
 def test_helpers():
-    V = torch.tensor([[0.0, 2.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
-    assert top_concepts(V, 3).tolist() == [[3, 1, 2], [0, 1, 2]]  # ties: lowest index first
-    assert top_concepts(V, 9).shape == (2, 4)
-    a, b = noise_images(2, (8, 6), seed=1), noise_images(2, (8, 6), seed=1)
-    assert a[0].size == (8, 6) and a[0].tobytes() == b[0].tobytes() != a[1].tobytes()
+    V = torch.tensor([[0.0, 2.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    assert top_concepts(V, 3) == [[3, 1, 2], [], [0, 1]]  # zero codes are no concept; ties: lowest first
+    with pytest.raises(Exception, match="unknown nulls"):
+        TestSampleScores(nulls=("nope",))

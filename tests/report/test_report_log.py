@@ -1,5 +1,6 @@
-"""Loggers: conf/logger resolves in single and multirun Hydra jobs; a W&B offline run writes its
-files under the run dir; a failing W&B only warns."""
+"""Loggers: conf/logger resolves in single and multirun Hydra jobs; a job's W&B offline run (JobLog)
+writes its files under the run dir, holds the config, per-layer metrics on a layer axis, tables and
+the dictionary, and ends marked failed when the job fails; a failing W&B only warns."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.grounding.concept_set import ConceptSet
-from coxlmm.report.log import build_loggers, concept_table, finish, log_run, resolve_logger_cfg
+from coxlmm.report.log import JobLog, build_loggers, concept_table, read_offline_run, resolve_logger_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,23 +114,69 @@ def tiny_run(tmp_path: Path):
     return cs, DS(), {"concept_grid": str(png)}
 
 
-def test_wandb_offline_run_writes_under_the_run_dir(tmp_path, offline_wandb):
-    run_dir = tmp_path / "run"
+def layer_result(tmp_path: Path, layer: int = 2, name: str | None = None):
+    """What the pipeline hands to JobLog.log_layer (a LayerResult's fields)."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
     cs, ds, images = tiny_run(tmp_path)
-    loggers = build_loggers(loggers_cfg(run_dir))
-    assert [type(lg).__name__ for lg in loggers] == ["WandbLogger", "CSVLogger"]
+    out = tmp_path / f"layer_{layer}"
+    out.mkdir(exist_ok=True)
+    save_file({"U": torch.eye(2)}, str(out / "dictionary.safetensors"))
+    return SimpleNamespace(layer=layer, name=name or str(layer), out_dir=out, concepts=cs, dataset=ds,
+                           train_records=[{"index": 0}, {"index": 1}], figures=images,
+                           metrics={"overlap": 0.25, "recon_rel_error_train": 0.5},
+                           artifacts={"recovery_table": [{"factor": "colour", "value": "red", "auroc_matched": 0.9,
+                                                          "matched_words": ["red"]}]})
+
+
+def records_of(run_dir: Path) -> dict:
+    """{record type: [records]} of the run's offline W&B file."""
+    (wb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    out: dict = {}
+    for rec in read_offline_run(next(wb_run.glob("run-*.wandb"))):
+        out.setdefault(rec.WhichOneof("record_type"), []).append(rec)
+    return out
+
+
+def test_a_job_log_writes_everything_under_the_run_dir(tmp_path, offline_wandb):
+    run_dir = tmp_path / "run"
+    job = JobLog(loggers_cfg(run_dir), {"token": "dog", "method": {"n_concepts": 2}})
+    assert [type(lg).__name__ for lg in job.loggers] == ["WandbLogger", "CSVLogger"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no logger call may fail here
-        log_run(loggers, {"overlap": 0.25, "recon_rel_error_train": 0.5}, cs, images,
-                {"token": "dog", "method": {"n_concepts": 2}}, dataset=ds, row_to_index=[0, 1])
-        finish(loggers)
+        job.log_stages({"train": {"count_selected": 10, "seconds": 2.0, "extracted": 10}}, 2.5, True)
+        job.log_layer(layer_result(tmp_path, 1), multi=True)
+        job.log_layer(layer_result(tmp_path, 2), multi=True)
+        job.log_summary({"layer_1/overlap": 0.25, "n_train": 10.0})
+        job.finish("success")
     (wb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    assert list(wb_run.glob("run-*.wandb"))
-    assert list(wb_run.glob("files/media/table/concepts/*.table.json"))
-    assert list(wb_run.glob("files/media/images/concept_grid*.png"))
-    assert len(list(wb_run.glob("artifacts/staging/*"))) >= 3  # the table's images stay in the run dir
+    assert list(wb_run.glob("files/media/table/layer_2/concepts*.table.json"))
+    assert list(wb_run.glob("files/media/table/layer_2/recovery_table*.table.json"))
+    assert list(wb_run.glob("files/media/images/layer_1/concept_grid*.png"))
+    recs = records_of(run_dir)
+    config = {u.key: u.value_json for r in recs["config"] for u in r.config.update}
+    assert config["token"] == '"dog"'
+    history = [{i.key or "/".join(i.nested_key): i.value_json for i in r.history.item} for r in recs["history"]]
+    by_layer = [h for h in history if "by_layer/overlap" in h]
+    assert [h["layer"] for h in by_layer] == ["1", "2"]  # the layer is the x-axis of the per-layer metrics
+    assert any(float(h.get("stages/train/samples_per_s", 0)) == 5.0 for h in history)
+    assert recs["exit"][0].exit.exit_code == 0
+    assert any(a.artifact.type == "dictionary" for a in recs.get("artifact", [])) or list(wb_run.glob("artifacts/*"))
     assert "overlap" in (run_dir / "csv/metrics.csv").read_text()
     assert "n_concepts" in (run_dir / "csv/hparams.yaml").read_text()
+
+
+def test_a_failed_job_is_marked_failed_with_its_error(tmp_path, offline_wandb):
+    run_dir = tmp_path / "run"
+    job = JobLog(loggers_cfg(run_dir), {"token": "dog"})
+    job.finish("failed", "no sample selected for token 'dog'")
+    recs = records_of(run_dir)
+    assert recs["exit"][0].exit.exit_code == 1
+    summary = {u.key: u.value_json for r in recs["summary"] for u in r.summary.update}
+    assert summary["coxlmm/status"] == '"failed"' and "no sample selected" in summary["coxlmm/error"]
+    assert any(u.key == "token" for r in recs["config"] for u in r.config.update)
 
 
 def test_a_failing_wandb_only_warns(tmp_path, offline_wandb, monkeypatch):
@@ -142,11 +189,10 @@ def test_a_failing_wandb_only_warns(tmp_path, offline_wandb, monkeypatch):
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
     (run_dir / "metrics.json").write_text("{}")  # written by the pipeline before logging
-    cs, ds, images = tiny_run(tmp_path)
-    loggers = build_loggers(loggers_cfg(run_dir))
     with pytest.warns(RuntimeWarning, match="WandbLogger failed to log"):
-        log_run(loggers, {"overlap": 0.25}, cs, images, {"token": "dog"}, dataset=ds, row_to_index=[0, 1])
-    finish(loggers)
+        job = JobLog(loggers_cfg(run_dir), {"token": "dog"})
+        job.log_layer(layer_result(tmp_path), multi=False)
+    job.finish("success")
     assert (run_dir / "metrics.json").exists()
     assert "overlap" in (run_dir / "csv/metrics.csv").read_text()  # the other logger still logged
 

@@ -1,4 +1,5 @@
-"""BERTScore F1 (scorers/bertscore.py) equals the `bert-score` package's F1 for the same model and layer."""
+"""BERTScore F1 (scorers/bertscore.py) is the `bert-score` package's F1 for the pinned model and layer, on
+the scale it says (raw, or rescaled with a baseline)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.scorers.bertscore import BertScorer, greedy_f1, minilm_dir
+from coxlmm.scorers.bertscore import BertScorer, minilm_dir, shipped_baseline
 
 CANDIDATES = [
     "red circle large",
@@ -56,25 +57,28 @@ def test_properties(scorer6):
     # F1 is symmetric in candidate and reference.
     a, b = "red circle large", "There is a large red circle on the left."
     assert float(scorer6.f1([a], [b])) == pytest.approx(float(scorer6.f1([b], [a])), abs=1e-6)
-    # Cached token embeddings give the same scores as fresh ones (batched with other sentences).
-    fresh = BertScorer.f1(scorer6, [a, "dog"], [b, "cat"])
-    scorer6._cache.clear()
-    assert torch.allclose(fresh, scorer6.f1([a, "dog"], [b, "cat"]), atol=1e-6)
 
 
-def test_greedy_f1_on_fixed_embeddings():
-    e = torch.eye(3)
-    # hyp tokens [CLS, x, SEP] vs ref [CLS, x, y, SEP]-like: special rows weigh 0 but can still match.
-    hyp, ref = e[[0, 1, 2]], e[[0, 1, 2, 2]]
-    hyp_w, ref_w = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 1.0, 1.0, 0.0])
-    assert greedy_f1(hyp, hyp_w, ref, ref_w) == pytest.approx(1.0)  # P = 1, R = 1 (y matches SEP)
-    assert greedy_f1(hyp, torch.zeros(3), ref, ref_w) == 0.0
+def test_rescaled_with_a_baseline(tmp_path):
+    """(F1 − b) / (1 − b), b from a baseline file (bert-score's format: LAYER,P,R,F per layer)."""
+    rows = "\n".join(f"{l},0.5,0.5,0.6" for l in range(7))
+    path = tmp_path / "baseline.tsv"
+    path.write_text("LAYER,P,R,F\n" + rows + "\n")
+    raw = BertScorer(model="embedded", layer=6)
+    scaled = BertScorer(model="embedded", layer=6, rescale_with_baseline=True, baseline_path=str(path))
+    f_raw, f_scaled = raw.f1(CANDIDATES, REFERENCES), scaled.f1(CANDIDATES, REFERENCES)
+    assert torch.allclose(f_scaled, (f_raw - 0.6) / 0.4, atol=1e-5)
+    assert scaled.fingerprint()["scale"] == "baseline-rescaled F1" and raw.fingerprint()["scale"] == "raw F1"
+    assert shipped_baseline("roberta-large") is not None  # the paper's scorer has bert-score's own baseline
+    with pytest.raises(CoxlmmError, match="ships no baseline"):
+        BertScorer(model="embedded", layer=6, rescale_with_baseline=True)
 
 
 def test_fingerprint_and_errors(scorer6):
     fp = scorer6.fingerprint()
     assert fp["layer"] == 6 and fp["model"] == "embedded" and fp["path"] == minilm_dir()
     assert len(fp["weights_sha256"]) == 64 and fp == scorer6.fingerprint()
+    assert "_L6_no-idf" in fp["bert_score_hash"]
     with pytest.raises(CoxlmmError, match="layer=7"):
         BertScorer(model="embedded", layer=7)
     with pytest.raises(CoxlmmError, match="not-a-model"):

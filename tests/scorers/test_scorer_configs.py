@@ -14,7 +14,9 @@ from coxlmm.scorers.embedded import DEFAULT_WEIGHTS
 
 
 def load(name: str):
-    return OmegaConf.load(os.path.join(str(CONF_DIR), "scorer", f"{name}.yaml"))
+    """A scorer config as composed in a run (its `device` follows the top-level device)."""
+    node = OmegaConf.load(os.path.join(str(CONF_DIR), "scorer", f"{name}.yaml"))
+    return OmegaConf.merge({"device": "cpu"}, {"scorer": node}).scorer
 
 
 @pytest.mark.skipif(not os.path.isfile(DEFAULT_WEIGHTS), reason="run `make train-scorer` first")
@@ -25,12 +27,13 @@ def test_embedded_config_builds_both_scorers():
     assert isinstance(scorers, Scorers)
     fp = scorers.fingerprint()
     assert fp["clip"]["scorer"] == "embedded" and fp["bert"]["layer"] == 6 and fp["bert"]["model"] == "embedded"
+    assert fp["bert"]["scale"] == "raw F1"
 
 
 def test_paper_config_names_the_paper_models_and_fails_clearly_offline():
     cfg = load("clip")
     assert cfg.clip.model == "openai/clip-vit-base-patch32"
-    assert (cfg.bert.model, cfg.bert.layer) == ("roberta-large", 17)
+    assert (cfg.bert.model, cfg.bert.layer, cfg.bert.rescale_with_baseline) == ("roberta-large", 17, True)
     try:
         instantiate(cfg.clip)
     except Exception as e:  # Hydra wraps the target's error; ours is in the chain

@@ -72,6 +72,18 @@ class CaptionDataset(torch.utils.data.Dataset):
         return {"name": self.name, "n": len(self.records), "first": self.records[0].id if self.records else None,
                 "last": self.records[-1].id if self.records else None}
 
+    def factor_values(self) -> dict[str, list[str]]:
+        """The ground-truth factors this dataset declares, with their values ({}: none, e.g. COCO)."""
+        return {}
+
+    def annotate(self, record: SampleRecord, caption: str, prefix: str, token: str) -> dict[str, Any]:
+        """Per selected sample, what the feature store records beside its state ({} by default).
+
+        caption: the model's generated caption; prefix: the generated text before the matched token t
+        (what the state that predicts t has read). Datasets with ground truth return the target
+        object's factors here (`{"target": {factor: value}, ...}`)."""
+        return {}
+
     def indices_with_word(self, word: str) -> list[int]:
         """Indices of samples with at least one ground-truth caption containing `word` (whole word)."""
         return [i for i, r in enumerate(self.records) if any(contains_word(c, word) for c in r.captions)]

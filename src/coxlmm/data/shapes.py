@@ -249,6 +249,27 @@ class ShapesWorld(CaptionDataset):
         assert isinstance(record, ShapeRecord)
         return render(record.attributes, self.image_size, self._rng(record.index, stream=1))
 
+    def factor_values(self) -> dict[str, list[str]]:
+        return {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES), "position": list(POSITIONS)}
+
+    def annotate(self, record: SampleRecord, caption: str, prefix: str, token: str) -> dict[str, Any]:
+        """The target object (the one whose shape is t; of two, the first the caption names), its
+        companion, and which of the target's factor values the prefix already names."""
+        objs = objects_of(record.attributes)
+        named = [o for o in parse_caption(caption) if o["shape"] == token.lower()]
+        cands = [o for o in objs if o["shape"] == token.lower()]
+        if not cands:
+            return {}
+        target = cands[0]
+        if len(cands) > 1 and named and named[0]["position"]:
+            target = next((o for o in cands if o["position"] == named[0]["position"]), target)
+        companion = next((o for o in objs if o is not target), None)
+        words = set(re.findall(r"[a-z]+", prefix.lower()))
+        text_known = [f for f in FACTORS if f != "shape" and set(WHERE[target[f]].split()[-1:] if f == "position"
+                                                                      else [target[f]]) <= words]
+        return {"target": target, "companion": companion, "text_known": text_known,
+                "image_only": [f for f in FACTORS if f != "shape" and f not in text_known]}
+
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "generator_version": GENERATOR_VERSION, "split": self.split,
                 "seed": self.seed, "image_size": self.image_size, "p_two": self.p_two}

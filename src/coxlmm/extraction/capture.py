@@ -15,7 +15,7 @@ from torch import nn
 
 
 @contextmanager
-def capture_last_position(blocks: nn.ModuleList, layers: list[int]):
+def capture_last_position(blocks: list[nn.Module], layers: list[int]):
     """Yield {l: list of (B, H)} filled by forward hooks on `blocks[l]` while the context is open."""
     store: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
 
@@ -36,7 +36,7 @@ def capture_last_position(blocks: nn.ModuleList, layers: list[int]):
 
 def generate_with_states(lmm, inputs: dict[str, torch.Tensor], layers: list[int], max_new_tokens: int):
     """Greedy generation plus {l: (B, T, H)} states aligned with the generated ids (B, T)."""
-    with torch.inference_mode(), capture_last_position(lmm.decoder_layers(), layers) as rows:
+    with torch.inference_mode(), capture_last_position(lmm.hook_points(), layers) as rows:
         out = lmm.generate(inputs, max_new_tokens=max_new_tokens)
     T = out.sequences.shape[1]
     states = {l: torch.stack(r[:T], dim=1) for l, r in rows.items()}

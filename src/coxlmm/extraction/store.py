@@ -4,29 +4,46 @@ Layout of one entry (`<root>/<key>/`):
     shard-<first index>-r<rank>.safetensors   tensors `layer_<l>` (n_selected, B), rows in record order
     shard-<first index>-r<rank>.json          every sample of the shard: index, id, caption, selected, ...
     manifest.json                             written last: the key fields, counts, selected samples
+and beside it `<key>.lock` (the entry's OS file lock) and `<key>.holder.json` (who holds it, since when).
 
 A shard is complete when its JSON exists: the tensors are written first, both through a temporary
 file and an atomic rename, so an interrupted extraction leaves no half-written shard that a later
 run would take as complete. A run resumes by skipping the dataset indices found in complete shards,
 and `load` orders rows by dataset index, so a resumed extraction yields the same Z as an
 uninterrupted one. Ranks of a multi-device run write their own shards; `load` presents one Z.
+
+Many jobs (processes, SLURM tasks) share the store. `FeatureStore.lock()` is one lock per entry,
+a `filelock` (fcntl) lock that the OS releases when its holder dies, even by `kill -9`: of several
+jobs that need the same entry, one fills it and the others wait, then read it. A waiting job says
+whom it waits for and since when, every `wait_report_s` seconds; Ctrl-C while waiting touches
+nothing. (fcntl locks need a file system that supports them: local disks and most cluster file
+systems do; NFS only with its lock daemon.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import socket
+import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from filelock import FileLock, Timeout
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from coxlmm.errors import CoxlmmError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+STORE_VERSION = 2  # v2: blocks + final norm stored, records hold the generated prefix and annotations
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -35,14 +52,52 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text))
+
+
 def store_key(fields: dict[str, Any]) -> str:
     """Stable short hash of the JSON-serialised key fields."""
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _since(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+@contextmanager
+def entry_lock(path: Path, what: str, wait_report_s: float = 30.0) -> Iterator[None]:
+    """Hold the OS file lock `<path>.lock` for the body; wait for another holder, saying who it is.
+
+    Writes `<path>.holder.json` (host, pid, since) while held, so a waiting job can name its holder.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    holder = Path(str(path) + ".holder.json")
+    start, timeout = time.monotonic(), 0.0
+    while True:
+        try:
+            lock.acquire(timeout=timeout)
+            break
+        except Timeout:
+            try:
+                h = json.loads(holder.read_text())
+                who = f"{h['host']} pid {h['pid']} since {_since(h['since'])}"
+            except (OSError, ValueError, KeyError):
+                who = "another job (not yet named)"
+            log.info("waiting for %s: held by %s; waited %.0f s", what, who, time.monotonic() - start)
+            timeout = wait_report_s
+    try:
+        atomic_write_text(holder, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
 class FeatureStore:
-    """One cached extraction (model, data split, token, prompt, generation settings)."""
+    """One cached extraction (model, data split, token, prompt, generation settings) or source."""
 
     def __init__(self, root: str | Path, fields: dict[str, Any]):
         self.fields = fields
@@ -53,6 +108,12 @@ class FeatureStore:
     @property
     def complete(self) -> bool:
         return (self.dir / MANIFEST).exists()
+
+    @contextmanager
+    def lock(self, what: str | None = None, wait_report_s: float = 30.0) -> Iterator["FeatureStore"]:
+        """This entry's lock (see the module doc); yields the store."""
+        with entry_lock(self.dir, what or f"feature-store entry {self.key}", wait_report_s):
+            yield self
 
     def shard_records(self) -> list[dict[str, Any]]:
         """Records of every complete shard, sorted by dataset index, duplicates (DDP padding) dropped."""
@@ -80,7 +141,8 @@ class FeatureStore:
             _atomic_write(self.dir / f"{stem}.safetensors", lambda p: save_file(named, str(p)))
         _atomic_write(self.dir / f"{stem}.json", lambda p: p.write_text(json.dumps({"records": records})))
 
-    def finalize(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def finalize(self, extra: dict[str, Any], sample_keys: tuple[str, ...] = ("index", "id", "caption", "position",
+                                                                               "token_ids")) -> dict[str, Any]:
         """Write the manifest (marks the entry complete) and return it."""
         records = self.shard_records()
         counts = Counter(r["status"] for r in records)
@@ -89,35 +151,43 @@ class FeatureStore:
             "key": self.key,
             "counts": {"seen": len(records), **dict(counts)},
             **extra,
-            "samples": [
-                {k: r[k] for k in ("index", "id", "caption", "position", "token_ids")}
-                for r in records
-                if r["selected"]
-            ],
+            "samples": [{k: r.get(k) for k in sample_keys} for r in records if r["selected"]],
         }
-        _atomic_write(self.dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=1))
         return manifest
+
+    def discard_manifest(self) -> None:
+        (self.dir / MANIFEST).unlink(missing_ok=True)
 
     # --- reading --------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.dir / MANIFEST).read_text())
 
     def load(self, layers: list[int]) -> tuple[dict[int, torch.Tensor], list[dict[str, Any]]]:
-        """Z for each layer (M, B), rows ordered by dataset index, and the selected records."""
+        """Z for each distinct layer (M, B), rows ordered by dataset index, and the selected records.
+
+        Reads only the requested layers' tensors of each shard (safetensors reads them lazily)."""
+        layers = list(dict.fromkeys(layers))  # a layer listed twice is read once, never doubled
         records = [r for r in self.shard_records() if r["selected"]]
-        by_shard: dict[str, dict[str, torch.Tensor]] = {}
-        Z: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-        for r in records:
-            if r["_shard"] not in by_shard:
-                by_shard[r["_shard"]] = load_file(str(self.dir / f"{r['_shard']}.safetensors"))
-            shard = by_shard[r["_shard"]]
-            for l in layers:
-                name = f"layer_{l:03d}"
-                if name not in shard:
-                    raise CoxlmmError(
-                        f"layer {l} is not in the feature store {self.dir} (it holds "
-                        f"{sorted(int(k[6:]) for k in shard)}); set extraction.layers=all or delete the entry."
-                    )
-                Z[l].append(shard[name][r["row"]])
-        out = {l: torch.stack(rows) if rows else torch.empty(0) for l, rows in Z.items()}
-        return out, [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+        of_shard: dict[str, list[int]] = {}  # shard -> positions in `records` of its rows
+        for i, r in enumerate(records):
+            of_shard.setdefault(r["_shard"], []).append(i)
+        parts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+        for shard, positions in of_shard.items():
+            rows = [records[i]["row"] for i in positions]
+            with safe_open(str(self.dir / f"{shard}.safetensors"), framework="pt") as f:
+                names = set(f.keys())
+                for l in layers:
+                    name = f"layer_{l:03d}"
+                    if name not in names:
+                        raise CoxlmmError(
+                            f"layer {l} is not in the feature store {self.dir} (it holds "
+                            f"{sorted(int(k[6:]) for k in names)}); set extraction.layers=all or delete the entry."
+                        )
+                    parts[l].append(f.get_tensor(name)[rows])
+        # Row j of the concatenation belongs to records[concat[j]]: put the rows back in record order.
+        concat = torch.tensor([i for positions in of_shard.values() for i in positions], dtype=torch.long)
+        back = torch.argsort(concat)
+        Z = {l: torch.cat(p)[back] if p else torch.empty(0) for l, p in parts.items()}
+        return Z, [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+

@@ -19,7 +19,9 @@ Two steps, kept apart so the filter can be tested on real tokenizer output witho
        tokenizers write without a space ("Red circle ..."); bare lower-case pieces ("ing", "est",
        "red" of "tired") and WordPiece `##` pieces are continuations and are dropped;
      - is ASCII letters only, longer than 2 letters once case-folded;
-     - is not an English stopword (scikit-learn's list);
+     - is not an English stopword (scikit-learn's list), unless it is one of the `keep` words: the
+       factor values a dataset declares ("top", "bottom", "front", "back" are stopwords, and a
+       position factor would otherwise never be nameable);
      - is an English word of `grounding_vocabulary()`: the offline `english-words` list (web2, the
        list the reference code's nltk `words` corpus comes from) without its short entries that
        are not common words (below), or a regular plural of one (circles -> circle, boxes -> box,
@@ -133,15 +135,21 @@ def filter_words(
     stop: frozenset[str] | set[str] | None = None,
     min_len: int = 3,
     plurals: bool = True,
+    keep: Iterable[str] = (),
 ) -> list[str]:
     """Real, distinct, case-folded words among `pieces`, in order, at most `n_words` (rule: module doc).
 
     `pieces` are surface pieces from `word_pieces` (" dog", "ing") or raw `convert_ids_to_tokens`
     output of BPE / sentencepiece tokenizers ("Ġdog", "▁dog"). `vocabulary` / `stop` default to
-    `grounding_vocabulary()` and scikit-learn's stopwords.
+    `grounding_vocabulary()` and scikit-learn's stopwords. `keep`: words that are never dropped as
+    stopwords nor for missing from the vocabulary (a dataset's declared factor values).
     """
     vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
     stop = stopwords() if stop is None else stop
+    keep = {w.casefold() for w in keep}
+    if keep:
+        stop = stop - keep
+        vocabulary = vocabulary | keep
     words: list[str] = []  # ordered; `seen` makes the de-duplication O(1)
     seen: set[str] = set()
     for piece in pieces:
@@ -216,6 +224,37 @@ def concept_words(
     unembed, tokenizer = _unembed_and_tokenizer(lmm_or_unembed, tokenizer)
     top = top_token_ids(unembed, U, n_top)
     return [filter_words(word_pieces(tokenizer, row.tolist()), n_words, **filter_kwargs) for row in top]
+
+
+def random_words_like(
+    lens: Any,
+    lengths: Sequence[int],
+    seed: int = 0,
+    tokens_per_word: int = 10,
+    **filter_kwargs: Any,
+) -> list[list[str]]:
+    """Rnd-Words of the reference code, length-matched: for concept k, a random unit direction r_k
+    (seeded by (seed, k)) read through the same lens, its top `tokens_per_word`·n_k tokens filtered
+    like real words, truncated to n_k = lengths[k] words. Where the filter leaves fewer than n_k words
+    the window doubles until it does (never an empty or short set, unless the vocabulary runs out).
+
+    lens: an LMM or a `Readout` lens (`.unembed`, `.tokenizer`, `.hidden_size`)."""
+    unembed, tokenizer = _unembed_and_tokenizer(lens, None)
+    vocab = None
+    out = []
+    for k, n in enumerate(lengths):
+        r = random_directions(1, int(lens.hidden_size), seed=seed * 100_003 + k)
+        logits = unembed(r).float()[0]
+        vocab = vocab or logits.numel()
+        window = max(1, tokens_per_word * int(n))
+        while True:
+            ids = logits.topk(min(window, vocab)).indices.tolist()
+            words = filter_words(word_pieces(tokenizer, ids), int(n), **filter_kwargs)
+            if len(words) >= n or window >= vocab:
+                break
+            window *= 2
+        out.append(words)
+    return out
 
 
 def random_directions(n_concepts: int, hidden_size: int, seed: int = 0) -> torch.Tensor:

@@ -1,50 +1,105 @@
-"""The metric interface: every metric is a small object called with one `EvalContext`.
+"""The metric interface: a metric is a function of a small typed input that returns scores and artefacts.
 
-A metric returns a flat dict of floats (they go to `metrics.json` and the logger) and may add
-artefacts (tables, figures) to `ctx.artifacts`. A user adds a metric by writing such a class and
-listing it with `_target_` in a `conf/metrics/*.yaml` file; the pipeline never changes.
+    metric(inp: EvalInput) -> MetricResult(scores={name: float}, artifacts={name: rows | dict | Figure})
+
+It never drives the model and never writes into shared state: the pipeline writes the scores to
+`metrics.json` and the loggers, and each artefact to `<name>.json` (or `<name>.png` for a figure).
+A metric that needs an extraction-side source (the position-matched noise states) says so in `needs`
+("noise:train", "noise:test"); the pipeline's model stages fill those sources before any metric runs.
+
+A user adds a metric by writing such a class and listing it with `_target_` in a conf/metrics/*.yaml.
+
+Shapes: Z (M, B), V (M, K), U (K, B); row i of a split's Z, V and noise belongs to its records[i].
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 if TYPE_CHECKING:  # imported for types only: metrics stay importable without models
+    from PIL import Image
+
     from coxlmm.concepts.base import Dictionary
-    from coxlmm.data.base import SampleRecord
     from coxlmm.grounding.concept_set import ConceptSet
-    from coxlmm.models.base import LMM
+
+NOISE_TRAIN, NOISE_TEST = "noise:train", "noise:test"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split at one layer: the selected samples' features, codes and store records.
+
+    records[i]: index (dataset index), id, caption (generated), position, token_ids (the generated
+    pieces of t), prefix_ids, and `annotation` (dataset.annotate: e.g. the target object's factors)."""
+
+    Z: torch.Tensor  # (M, B)
+    V: torch.Tensor  # (M, K) the dictionary's codes of Z
+    records: list[dict[str, Any]]
+    dataset: Any  # CaptionDataset: images and reference captions
+    noise: torch.Tensor | None = None  # (M, B) position-matched noise-image states, when a metric needs them
+
+    def __len__(self) -> int:
+        return int(self.Z.shape[0])
+
+    @property
+    def indices(self) -> list[int]:
+        return [int(r["index"]) for r in self.records]
+
+    @property
+    def references(self) -> list[list[str]]:
+        """Each sample's reference captions."""
+        return [list(self.dataset.records[i].captions) for i in self.indices]
+
+    @property
+    def annotations(self) -> list[dict[str, Any]]:
+        return [r.get("annotation") or {} for r in self.records]
+
+    def image(self, row: int) -> "Image.Image | None":
+        return self.dataset[self.indices[row]].image
+
+
+@dataclass(frozen=True)
+class Services:
+    """What metrics may call: the layer's logit lens, grounding with the run's settings, a refit."""
+
+    lens: Any  # .unembed(h (n, B)) -> (n, vocab), .tokenizer, .hidden_size
+    ground: Callable[[torch.Tensor], list[list[str]]]  # U (K, B) -> T_k, the run's grounding settings
+    refit: Callable[[torch.Tensor, int], "Dictionary"]  # (Z, seed) -> a fitted dictionary of the run's method and K
+    scorer: Any = None  # coxlmm.scorers.Scorers (clip, bert), or None
+
+
+@dataclass(frozen=True)
+class EvalInput:
+    train: Split
+    test: Split | None
+    dictionary: "Dictionary"
+    concepts: "ConceptSet"
+    services: Services
+    token: str
+    layer: int
+    seed: int
+    factors: dict[str, list[str]] = field(default_factory=dict)  # the dataset's declared factor values
+    n_top: int = 50  # grounding settings the concepts' words were read with
+    n_words: int = 10
+
+    @property
+    def eval_split(self) -> Split:
+        """The test split when there is one, else the training split."""
+        return self.test if self.test is not None and len(self.test) else self.train
 
 
 @dataclass
-class EvalContext:
-    """Everything a metric may read. Shapes: Z_* (M, B); V_* (M, K); U (K, B)."""
-
-    dictionary: "Dictionary"
-    concepts: "ConceptSet"
-    Z_train: torch.Tensor
-    V_train: torch.Tensor
-    Z_test: torch.Tensor | None = None
-    V_test: torch.Tensor | None = None
-    train_records: list["SampleRecord"] = field(default_factory=list)  # row i of Z_train <-> record i
-    test_records: list["SampleRecord"] = field(default_factory=list)
-    train_dataset: Any = None  # CaptionDataset, for images (scorers)
-    test_dataset: Any = None
-    train_indices: list[int] = field(default_factory=list)  # dataset index of each row of Z_train
-    test_indices: list[int] = field(default_factory=list)
-    lmm: "LMM | None" = None  # for unembedding-based metrics (random-words baseline ...)
-    scorer: Any = None  # CLIPScore / BERTScore backend, when configured
-    make_dictionary: Any = None  # callable(seed) -> fresh unfitted Dictionary (stability)
-    token: str = ""
-    layer: int = -1
-    seed: int = 0
-    artifacts: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure | rows
+class MetricResult:
+    scores: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # name -> JSON-able rows/dict, or a matplotlib Figure
 
 
 class Metric(Protocol):
     name: str
+    needs: frozenset[str]
 
-    def __call__(self, ctx: EvalContext) -> dict[str, float]: ...
+    def __call__(self, inp: EvalInput) -> MetricResult: ...

@@ -8,9 +8,8 @@ For each concept u_k with words T_k (non-empty) and most activating training sam
     BS_k     = mean over x in X_k,MAS of BS(T_k, captions_x)      (max F1 over the references)
     BS_k^rnd = the same with R_k
 
-R_k: |T_k| random words, drawn (seeded, without replacement) from the pool of words of
-`n_random_dirs` random residual-stream directions decoded and filtered like real concepts
-(`grounding.text.random_words`), so random words have the same count and pass the same filter.
+R_k: |T_k| random words of a random direction, read through the same lens and filtered like real
+words (`grounding.text.random_words_like`, as the Rnd-Words column of Table 1): same count, same filter.
 CS / BS of a word set: scorers/words.py.
 
 Keys: grounding_cs_mean, grounding_cs_random_mean, grounding_cs_win_rate (share of concepts with
@@ -27,18 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from coxlmm.metrics.base import EvalContext
-from coxlmm.metrics.test_eval import embed_dataset_images, grounding_settings
+from coxlmm.metrics.base import EvalInput, MetricResult
+from coxlmm.scorers.base import batches
 from coxlmm.scorers.words import words_bert_scores, words_clip_scores
 
 log = logging.getLogger(__name__)
-
-
-def random_word_sets(pool: list[str], counts: list[int], seed: int) -> list[list[str]]:
-    """One random word set per count, drawn without replacement from `pool` (with replacement if too small)."""
-    rng = np.random.default_rng(seed)
-    return [[pool[i] for i in rng.choice(len(pool), size=n, replace=n > len(pool))] if pool and n else []
-            for n in counts]
 
 
 def scatter_figure(points: list[dict[str, Any]], metrics: list[str]):
@@ -68,90 +60,67 @@ class GroundingQuality:
 
     Args:
         n_images: most activating samples used per concept (None: all of `top_indices[k]`, i.e. N_MAS).
-        n_random_dirs: random directions whose words form the random-word pool.
-        n_top, n_words: logit-lens settings of the random words (None: the run's, else 50 / 10).
-        seed: random-word seed (None: ctx.seed).
-        figure: add the scatter figure to ctx.artifacts.
+        seed: random-word seed (None: the run's seed).
+        figure: add the scatter figure to the artefacts.
     """
 
     name = "grounding_quality"
+    needs = frozenset()
 
-    def __init__(self, n_images: int | None = None, n_random_dirs: int = 64, n_top: int | None = None,
-                 n_words: int | None = None, seed: int | None = None, figure: bool = True):
-        self.n_images, self.n_random_dirs, self.n_top, self.n_words = n_images, n_random_dirs, n_top, n_words
-        self.seed, self.figure = seed, figure
-        self._warned: set[str] = set()
+    def __init__(self, n_images: int | None = None, seed: int | None = None, figure: bool = True):
+        self.n_images, self.seed, self.figure = n_images, seed, figure
 
-    def _warn_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(msg)
+    def __call__(self, inp: EvalInput) -> MetricResult:
+        from coxlmm.grounding.text import random_words_like
 
-    def _random_pool(self, ctx: EvalContext, seed: int) -> list[str]:
-        from coxlmm.grounding.text import random_words
-
-        n_top, n_words = grounding_settings(ctx, self.n_top, self.n_words)
-        pool: list[str] = []
-        for ws in random_words(ctx.lmm, self.n_random_dirs, n_top=n_top, n_words=n_words, seed=seed):
-            pool += [w for w in ws if w not in pool]
-        return pool
-
-    def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        scorer = ctx.scorer
+        scorer = inp.services.scorer
         clip, bert = getattr(scorer, "clip", None), getattr(scorer, "bert", None)
         if clip is None and bert is None:
-            self._warn_once("scorer", "grounding quality skipped: no scorer configured "
-                                      "(use scorer=embedded or scorer=clip)")
-            return {}
-        concepts = ctx.concepts
+            log.warning("grounding quality skipped: no scorer configured (use scorer=embedded or scorer=clip)")
+            return MetricResult()
+        concepts, train = inp.concepts, inp.train
         ks = [k for k in range(concepts.n_concepts) if concepts.words[k] and concepts.top_indices[k]]
         if not ks:
-            self._warn_once("words", "grounding quality skipped: no concept has both words and top samples")
-            return {}
-        seed = ctx.seed if self.seed is None else self.seed
-        if ctx.lmm is None:
-            self._warn_once("lmm", "grounding quality: no LMM in the context, so no random-word baseline")
-            pool = []
-        else:
-            pool = self._random_pool(ctx, seed)
-        random_sets = random_word_sets(pool, [len(concepts.words[k]) for k in ks], seed) if pool else None
+            log.warning("grounding quality skipped: no concept has both words and top samples")
+            return MetricResult()
+        seed = inp.seed if self.seed is None else self.seed
+        keep = {part for values in inp.factors.values() for v in values for part in str(v).split()}
+        random_sets = random_words_like(inp.services.lens, [len(concepts.words[k]) for k in ks], seed=seed, keep=keep)
 
         # One (concept, image) pair per row: concept k repeated over its top samples.
         rows = [(j, r) for j, k in enumerate(ks) for r in concepts.top_indices[k][: self.n_images]]
         owner = torch.tensor([j for j, _ in rows])
         word_sets = [concepts.words[ks[j]] for j, _ in rows]
-        rnd_sets = [random_sets[j] for j, _ in rows] if random_sets else None
+        rnd_sets = [random_sets[j] for j, _ in rows]
         per_pair: dict[str, torch.Tensor] = {}
         if clip is not None:
             distinct = sorted({r for _, r in rows})  # a sample may top several concepts: embed it once
             where = {r: i for i, r in enumerate(distinct)}
-            emb = embed_dataset_images(clip, ctx.train_dataset, [ctx.train_indices[r] for r in distinct])
+            emb = torch.cat([clip.embed_images([train.image(r) for r in chunk]) for chunk in batches(distinct, 64)])
             img_emb = emb[[where[r] for _, r in rows]]
             per_pair["cs"] = words_clip_scores(clip, img_emb, word_sets)
-            if rnd_sets:
-                per_pair["cs_random"] = words_clip_scores(clip, img_emb, rnd_sets)
+            per_pair["cs_random"] = words_clip_scores(clip, img_emb, rnd_sets)
         if bert is not None:
-            refs = [list(ctx.train_records[r].captions) for _, r in rows]
-            per_pair["bs"] = words_bert_scores(bert, word_sets, refs)
-            if rnd_sets:
-                per_pair["bs_random"] = words_bert_scores(bert, rnd_sets, refs)
+            refs = train.references
+            pair_refs = [refs[r] for _, r in rows]
+            per_pair["bs"] = words_bert_scores(bert, word_sets, pair_refs)
+            per_pair["bs_random"] = words_bert_scores(bert, rnd_sets, pair_refs)
 
         # Per concept: the mean over its images.
         counts = torch.bincount(owner, minlength=len(ks)).double()
         per_concept = {m: torch.zeros(len(ks), dtype=torch.float64).index_add_(0, owner, v.double()) / counts
                        for m, v in per_pair.items()}
         points = [{"concept": k, "words": list(concepts.words[k]), "n_images": int(counts[j]),
-                   **({"random_words": random_sets[j]} if random_sets else {}),
-                   **{m: float(v[j]) for m, v in per_concept.items()}} for j, k in enumerate(ks)]
+                   "random_words": random_sets[j], **{m: float(v[j]) for m, v in per_concept.items()}}
+                  for j, k in enumerate(ks)]
         out = {"grounding_n_concepts": float(len(ks))}
         for m in ("cs", "bs"):
             if m in per_concept:
                 out[f"grounding_{m}_mean"] = float(per_concept[m].mean())
-            if f"{m}_random" in per_concept:
                 out[f"grounding_{m}_random_mean"] = float(per_concept[f"{m}_random"].mean())
                 out[f"grounding_{m}_win_rate"] = float((per_concept[m] > per_concept[f"{m}_random"]).double().mean())
-        ctx.artifacts["grounding_points"] = points
+        artifacts: dict = {"grounding_points": points}
         paired = [m for m in ("cs", "bs") if f"{m}_random" in per_concept]
         if self.figure and paired:
-            ctx.artifacts["grounding_scatter"] = scatter_figure(points, paired)
-        return out
+            artifacts["grounding_scatter"] = scatter_figure(points, paired)
+        return MetricResult(out, artifacts)

@@ -8,7 +8,7 @@ contributes 0, as in the reference code; with fewer than two concepts the overla
 
 from __future__ import annotations
 
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import EvalInput, MetricResult
 
 
 def overlap(words: list[list[str]]) -> float:
@@ -28,6 +28,7 @@ class Overlap:
     """`overlap` of ctx.concepts.words."""
 
     name = "overlap"
+    needs = frozenset()
 
-    def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        return {"overlap": float(overlap(ctx.concepts.words))}
+    def __call__(self, inp: EvalInput) -> MetricResult:
+        return MetricResult({"overlap": float(overlap(inp.concepts.words))})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import EvalInput, MetricResult
 
 
 def _sq(X: torch.Tensor) -> float:
@@ -37,16 +37,14 @@ class Reconstruction:
     """recon_rel_error_train/_test and explained_variance(_test)."""
 
     name = "recon"
+    needs = frozenset()
 
-    def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        Z_hat = ctx.dictionary.decode(ctx.V_train)
-        out = {
-            "recon_rel_error_train": relative_error(ctx.Z_train, Z_hat),
-            "explained_variance": explained_variance(ctx.Z_train, Z_hat),
-        }
-        if ctx.Z_test is not None and len(ctx.Z_test):
-            V_test = ctx.V_test if ctx.V_test is not None else ctx.dictionary.encode(ctx.Z_test)
-            Z_hat_test = ctx.dictionary.decode(V_test)
-            out["recon_rel_error_test"] = relative_error(ctx.Z_test, Z_hat_test)
-            out["explained_variance_test"] = explained_variance(ctx.Z_test, Z_hat_test)
-        return out
+    def __call__(self, inp: EvalInput) -> MetricResult:
+        tr = inp.train
+        Z_hat = inp.dictionary.decode(tr.V)
+        out = {"recon_rel_error_train": relative_error(tr.Z, Z_hat), "explained_variance": explained_variance(tr.Z, Z_hat)}
+        if inp.test is not None and len(inp.test):
+            Z_hat_test = inp.dictionary.decode(inp.test.V)
+            out["recon_rel_error_test"] = relative_error(inp.test.Z, Z_hat_test)
+            out["explained_variance_test"] = explained_variance(inp.test.Z, Z_hat_test)
+        return MetricResult(out)

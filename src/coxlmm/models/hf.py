@@ -133,6 +133,26 @@ class HFVisionLM(LMM):
         bos = self.tokenizer.bos_token
         self._add_special_tokens = not (bos is not None and self.prompt_text.startswith(bos))
 
+    @staticmethod
+    def describe(name_or_path: str, model_class: str | None = None, dtype: str = "auto", prompt: str = DEFAULT_PROMPT,
+                 raw_prompt: str | None = None, processor_kwargs: dict[str, Any] | None = None,
+                 torch_dtype: str | None = None, **_: Any) -> dict[str, Any]:
+        """What identifies this model's features, read without loading its weights (the feature-store key
+        of a job whose features are cached): the resolved source, the settings that change the features,
+        the checkpoint's revision and a hash of its small files (config, tokenizer, chat template,
+        processor config; not the weights). Also its number of decoder blocks, from config.json."""
+        dtype = torch_dtype or dtype
+        if dtype not in DTYPES:
+            raise CoxlmmError(f"model dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}.")
+        source = _resolve_source(name_or_path)
+        config = _load_config(source, name_or_path)
+        key = {"class": "HFVisionLM", "source": source, "model_class": model_class, "dtype": dtype,
+               "prompt": prompt if raw_prompt is None else None, "raw_prompt": raw_prompt,
+               "processor_kwargs": dict(processor_kwargs or {}), "revision": getattr(config, "_commit_hash", None),
+               "files": _small_files_sha256(source), "transformers": transformers.__version__}
+        n = int(config.get_text_config(decoder=True).num_hidden_layers)
+        return {"key": key, "num_layers": n, "model_id": source}
+
     def _chat_prompt(self, prompt: str, source: str) -> str:
         """One user turn (image, then `prompt`) through the processor's chat template + generation prompt."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -191,9 +211,10 @@ class HFVisionLM(LMM):
                 inputs[key] = torch.cat([inputs[key], torch.zeros_like(generated)], dim=1)
         if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
             inputs["logits_to_keep"] = 1  # only states are needed; skip the (P+T, vocab) logits
-        idx = {l: self.resolve_layer(l) for l in layers}
+        idx = {l: self.hook_index(l) for l in layers}
         states: dict[int, torch.Tensor] = {}
-        hooks = [self.decoder_layers()[i].register_forward_hook(_keep_output(states, i)) for i in set(idx.values())]
+        points = self.hook_points()
+        hooks = [points[i].register_forward_hook(_keep_output(states, i)) for i in set(idx.values())]
         try:
             self.model(**inputs, use_cache=False)
         finally:
@@ -202,8 +223,8 @@ class HFVisionLM(LMM):
         return {l: states[i][:, P - 1: P - 1 + T] for l, i in idx.items()}
 
     # --- logit lens -----------------------------------------------------------------------------
-    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
-        return self._norm(h)
+    def norm_module(self) -> nn.Module:
+        return self._norm
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -254,6 +275,24 @@ def _load_config(source: str, given: str):
             f"cannot load model {given!r}: it is not an existing local directory, and as a Hugging Face hub id "
             f"it is not in the local cache and {hub} ({reason}). {accepted}"
         ) from None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+
+
+def _small_files_sha256(source: str) -> dict[str, str]:
+    """sha256 of each file of a local checkpoint folder but the weights (config, tokenizer, chat template,
+    processor config: what changes the prompt and the processing); {} for a hub id."""
+    import hashlib
+
+    root = Path(source)
+    if not root.is_dir():
+        return {}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.stat().st_size < 64 << 20:
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return out
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -1,9 +1,13 @@
 """Experiment loggers (Lightning's WandbLogger, CSVLogger, ...) built from the `logger` config group.
 
 `cfg.logger` maps a name to a `_target_` config (conf/logger/*.yaml); `logger=none` is `{}`.
-The pipeline writes the run's files first and logs afterwards, and every logger call here is
-wrapped: a failing logger (W&B down, disk quota on its cache, a bad value) warns and is skipped
-for the rest of the call, so logging never loses or breaks a run.
+`JobLog` holds a job's loggers from its first second to its end: the CLI opens it with the composed
+config before any stage runs, the pipeline logs the model stages (counts, throughput, whether the
+model was loaded), each layer's metrics (a multi-layer run on a `layer` x-axis, so a layer ablation
+is one chart), its tables (concepts with images, recovery, grounding points) and its dictionary (an
+artifact), and the CLI closes it as `success` or `failed` (with the error). The pipeline writes the
+run's files before it logs, and every logger call here is wrapped: a failing logger (W&B down, disk
+quota on its cache, a bad value) warns and is skipped, so logging never loses or breaks a run.
 
 W&B specifics (filled in when the config leaves them empty):
     group  the multirun sweep dir in `-m` runs (all jobs of one sweep in one group), None otherwise
@@ -149,32 +153,104 @@ def concept_table(
     return columns, rows
 
 
-def log_run(
-    loggers: Sequence["Logger"],
-    metrics: Mapping[str, float],
-    concept_set: "ConceptSet | None",
-    images: Mapping[str, str | Path],
-    resolved_cfg: Mapping[str, Any],
-    *,
-    dataset: Any = None,
-    row_to_index: Sequence[int] | Mapping[int, int] | None = None,
-    step: int | None = None,
-) -> None:
-    """Send one run's results to every logger; failures warn and never raise.
+class JobLog:
+    """One job's loggers, from its start to its end (see the module doc). Only global rank 0 logs."""
 
-    metrics:      flat {name: float} (as in metrics.json)
-    concept_set:  logged to W&B as the table `concepts/layer_<L>` (words, sample ids, and X_k,MAS
-                  images when `dataset` and `row_to_index` — Z_train row -> dataset index — are given)
-    images:       {name: PNG path}, logged to loggers that take images (W&B)
-    resolved_cfg: the resolved config, attached with `log_hyperparams`
-    """
-    for logger in loggers:
-        ok = _safely(logger, "the config", lambda: logger.log_hyperparams(dict(resolved_cfg)))
-        ok = ok and _safely(logger, "metrics", lambda: logger.log_metrics(dict(metrics), step))
-        if ok and _is_wandb_logger(logger):
-            ok = _log_wandb_media(logger, concept_set, images, dataset, row_to_index, step)
-        if ok:
-            _safely(logger, "its files (save)", logger.save)
+    def __init__(self, cfg_logger: Mapping[str, Any] | DictConfig | None, resolved_cfg: Mapping[str, Any]):
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        self.loggers = build_loggers(cfg_logger) if rank_zero_only.rank == 0 else []
+        self._layer_axis = False
+        for logger in list(self.loggers):
+            if not _safely(logger, "the config", lambda: logger.log_hyperparams(dict(resolved_cfg))):
+                self.loggers.remove(logger)
+
+    def _each(self, what: str, fn: Callable[["Logger"], Any], wandb_only: bool = False) -> None:
+        for logger in self.loggers:
+            if wandb_only and not _is_wandb_logger(logger):
+                continue
+            _safely(logger, what, lambda: fn(logger))
+
+    def log_stages(self, stages: Mapping[str, Mapping[str, Any]], seconds: float, model_loaded: bool) -> None:
+        """The model stages: per feature-store entry its counts, time and throughput."""
+        flat = {"stages/model_seconds": seconds, "stages/model_loaded": float(model_loaded)}
+        for name, info in stages.items():
+            for k, v in info.items():
+                if isinstance(v, (int, float)):
+                    flat[f"stages/{name}/{k}"] = v
+            if info.get("seconds") and info.get("extracted"):
+                flat[f"stages/{name}/samples_per_s"] = info["extracted"] / info["seconds"]
+        self._each("the model stages", lambda lg: lg.log_metrics(flat))
+
+    def log_layer(self, res: Any, multi: bool) -> None:
+        """A layer's metrics (on the `layer` axis when the run has several), tables, figures, dictionary."""
+        import wandb
+
+        prefix = f"layer_{res.name}/" if multi else ""
+        if multi:
+            def wandb_axis(lg) -> None:
+                run = lg.experiment
+                if not self._layer_axis:
+                    run.define_metric("layer")
+                    run.define_metric("by_layer/*", step_metric="layer")
+                run.log({"layer": res.layer, **{f"by_layer/{k}": v for k, v in res.metrics.items()}})
+
+            self._each("the layer's metrics", wandb_axis, wandb_only=True)
+            self._layer_axis = True
+            for lg in self.loggers:
+                if not _is_wandb_logger(lg):
+                    _safely(lg, "the layer's metrics", lambda: lg.log_metrics(dict(res.metrics), step=res.layer))
+        else:
+            self._each("metrics", lambda lg: lg.log_metrics(dict(res.metrics)))
+
+        def media(lg) -> None:
+            run_dir = Path(lg.experiment.dir).parent
+            with _artifact_staging_in(run_dir):
+                columns, data = concept_table(res.concepts, res.dataset, [r["index"] for r in res.train_records],
+                                              image=wandb.Image)
+                lg.log_table(key=f"{prefix}concepts", columns=columns, data=data)
+                for name, art in res.artifacts.items():
+                    if isinstance(art, list) and art and isinstance(art[0], dict):
+                        cols = list(dict.fromkeys(k for row in art for k in row))
+                        lg.log_table(key=f"{prefix}{name}", columns=cols,
+                                     data=[[_cell(row.get(c)) for c in cols] for row in art])
+                for name, path in res.figures.items():
+                    lg.log_image(key=f"{prefix}{name}", images=[str(path)])
+                artifact = wandb.Artifact(f"dictionary-{lg.experiment.id}-{res.name}", type="dictionary",
+                                          metadata={"method": res.concepts.method, "layer": res.name,
+                                                    "token": res.concepts.token})
+                artifact.add_file(str(res.out_dir / "dictionary.safetensors"))
+                lg.experiment.log_artifact(artifact)
+
+        self._each("the layer's tables, figures and dictionary", media, wandb_only=True)
+
+    def log_summary(self, metrics: Mapping[str, float]) -> None:
+        """The job's whole metrics.json, once, in the run summary (W&B) and the CSV."""
+        def summarise(lg) -> None:
+            if _is_wandb_logger(lg):
+                lg.experiment.summary.update(dict(metrics))
+            else:
+                lg.log_metrics({k: v for k, v in metrics.items() if "/" not in k})
+
+        self._each("the summary", summarise)
+
+    def finish(self, status: str = "success", error: str | None = None) -> None:
+        """Close every logger; W&B runs end with exit code 0 (success) or 1, `coxlmm/status` and the error."""
+        for logger in self.loggers:
+            if _is_wandb_logger(logger):
+                def mark(lg=logger) -> None:
+                    lg.experiment.summary["coxlmm/status"] = status
+                    if error:
+                        lg.experiment.summary["coxlmm/error"] = error[:2000]
+
+                _safely(logger, "the status", mark)
+        finish(self.loggers, status)
+        self.loggers = []
+
+
+def _cell(x: Any) -> Any:
+    """A W&B table cell: lists as text, numbers and strings as they are."""
+    return ", ".join(map(str, x)) if isinstance(x, (list, tuple)) else x
 
 
 @contextmanager
@@ -194,24 +270,6 @@ def _artifact_staging_in(run_dir: str | Path):
         os.environ.pop("WANDB_DATA_DIR", None)
 
 
-def _log_wandb_media(logger, concept_set, images, dataset, row_to_index, step) -> bool:
-    import wandb
-
-    if concept_set is not None:
-        def table() -> None:
-            columns, rows = concept_table(concept_set, dataset, row_to_index, image=wandb.Image)
-            with _artifact_staging_in(Path(logger.experiment.dir).parent):
-                logger.log_table(key=f"concepts/layer_{concept_set.layer}", columns=columns, data=rows,
-                                 step=step)
-
-        if not _safely(logger, "the concepts table", table):
-            return False
-    for name, path in images.items():
-        if not _safely(logger, f"image {name!r}", lambda: logger.log_image(key=name, images=[str(path)], step=step)):
-            return False
-    return True
-
-
 def finish(loggers: Sequence["Logger"], status: str = "success") -> None:
     """Finalize every logger and close W&B runs (the next Hydra job in this process starts a new one)."""
     for logger in loggers:
@@ -219,3 +277,32 @@ def finish(loggers: Sequence["Logger"], status: str = "success") -> None:
         run = getattr(logger, "_experiment", None) if _is_wandb_logger(logger) else None
         if run is not None and hasattr(run, "finish"):
             _safely(logger, "finish", lambda: run.finish(exit_code=0 if status == "success" else 1))
+
+
+# --- reading an offline W&B run (tests, debugging) ---------------------------------------------------
+def read_offline_run(run_file: str | Path) -> list[Any]:
+    """The records of an offline W&B run file (`wandb/offline-run-*/run-*.wandb`) as protobuf `Record`s.
+
+    The file is W&B's record log: a 7-byte header, then LevelDB-log blocks of 32 KiB whose chunks
+    (7-byte header: crc, length, type FULL/FIRST/MIDDLE/LAST) carry serialized records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(run_file).read_bytes()
+    block, pos, buf, out = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer: padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+    return out
