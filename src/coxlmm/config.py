@@ -132,3 +132,9 @@ def check_extraction(e: Any) -> None:
             raise bad(key, v, "use null (no cap) or a positive number of samples")
     if not isinstance(e.num_workers, int) or e.num_workers < 0:
         raise bad("num_workers", e.num_workers, "use 0 (load images in the main process) or more workers")
+
+
+def check_noise(n: Any) -> None:
+    if n.images not in ("noise", "real"):
+        raise CoxlmmError(f"noise.images={n.images!r} is invalid: use noise (the baseline: uniform pixel noise) or "
+                          "real (each sample's own image: a check that reproduces the extraction).")

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from coxlmm.config import build, check_extraction
+from coxlmm.config import build, check_extraction, check_noise
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction import ExtractionSettings, FeatureStore, ensure_readout, extract, extract_noise
 from coxlmm.metrics.base import NOISE_TEST, NOISE_TRAIN, EvalInput, MetricResult, Services, Split
@@ -271,6 +271,7 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     check_extraction(cfg.extraction)
+    check_noise(cfg.noise)
     spec = ModelSpec(cfg.model)
     layers = resolve_layers(spec, list(cfg.layers))
     metrics = {name: build(node) for name, node in (cfg.metrics or {}).items() if node}

@@ -88,6 +88,7 @@ class HFVisionLM(LMM):
         source = _resolve_source(name_or_path)
         self.model_id = source
         self.prompt = prompt
+        self.device_map = device_map  # a sharded model stays where accelerate put it (the stages never move it)
 
         config = _load_config(source, name_or_path)
         try:

@@ -1,0 +1,310 @@
+"""The path real users take, on the tiny LLaVA: cached jobs load no weights, jobs share one extraction
+through the store's lock, a killed extractor resumes bit for bit, the model stays where its stage
+put it, `device_map` works (and is refused with DDP), the noise source is the position-matched
+forward, and bad input gets one clear paragraph."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from coxlmm.errors import CoxlmmError
+from coxlmm.extraction import ExtractionSettings, extract, extract_noise
+from coxlmm.extraction.store import entry_lock
+from tests.extraction.conftest import make_folder_dataset
+from tests.fixtures.tiny_models import load_card
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def coxlmm(*overrides, timeout=300, multirun=False):
+    cmd = [sys.executable, "-m", "coxlmm", *(["-m"] if multirun else []), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def model_copy(tiny_llava_path, tmp_path_factory):
+    """A private copy of the tiny LLaVA (a test replaces its weights)."""
+    dst = tmp_path_factory.mktemp("model") / "tiny_llava"
+    shutil.copytree(tiny_llava_path, dst)
+    return dst
+
+
+def base_args(model, data, cache):
+    return [f"model=hf", f"model.name_or_path={model}", "data=folder", f"data.root={data}",
+            f"paths.cache_dir={cache}", "extraction.max_new_tokens=20", "extraction.batch_size=4",
+            "method.n_concepts=3", "token=dog", "figures=false", "report=false", "print_summary=false"]
+
+
+def metrics_of(run_dir: Path) -> dict:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if not k.startswith("seconds_")}
+
+
+def test_a_sweep_over_cached_features_loads_no_weights(model_copy, tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n_train=12, n_test=4, words=("dog",))
+    args = base_args(model_copy, data, tmp_path / "cache")
+    before = coxlmm(*args, "method=pca", "layers=[0]", f"hydra.run.dir={tmp_path / 'before'}", "logger=none")
+    assert before.returncode == 0, before.stderr[-3000:]
+    (model_copy / "model.safetensors").write_bytes(b"garbage: any load of these weights fails")
+    sweep = tmp_path / "sweep"
+    out = coxlmm(*args, "method=semi_nmf,pca", "method.n_concepts=2,3", "layers=[0],[-1]", "logger=none",
+                 f"hydra.sweep.dir={sweep}", multirun=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = [p.parent for p in sweep.rglob("metrics.json")]
+    assert len(jobs) == 8
+    assert "loading model" not in out.stdout + out.stderr and "no model weights loaded" in out.stdout + out.stderr
+    same = next(p for p in jobs if "method=pca" in p.name and "n_concepts=3" in p.name and "layers=[0]" in p.name)
+    assert metrics_of(same) == metrics_of(tmp_path / "before")
+
+
+def test_two_processes_share_one_extraction(tiny_llava_path, tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n_train=24, n_test=0, words=("dog",))
+    args = base_args(tiny_llava_path, data, tmp_path / "cache") + ["logger=none", "metrics=core", "test_split="]
+    cmds = [[sys.executable, "-m", "coxlmm", *args, f"hydra.run.dir={tmp_path / f'job{i}'}"] for i in (0, 1)]
+    procs = [subprocess.Popen(c, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in cmds]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(l[-2000:] for l in logs)
+    extracted = [("extraction folder:" in l) for l in logs]
+    assert sorted(extracted) == [False, True], logs  # one job ran the model, the other waited and read
+    assert "features cached" in logs[extracted.index(False)]
+    assert metrics_of(tmp_path / "job0") == metrics_of(tmp_path / "job1")
+    (entry,) = [p for p in (tmp_path / "cache" / "features").iterdir() if p.is_dir()]
+    assert json.loads((entry / "manifest.json").read_text())["n_extracted"] == 24
+
+
+KILL_SCRIPT = """
+import sys
+from coxlmm.data.folder import ImageFolderCaptions
+from coxlmm.extraction import ExtractionSettings, extract
+from coxlmm.models.hf import HFVisionLM
+lmm = HFVisionLM(name_or_path=sys.argv[1])
+ds = ImageFolderCaptions(sys.argv[2], split="train")
+extract(lmm, ds, "dog", [-1], ExtractionSettings(batch_size=2, max_new_tokens=20), sys.argv[3],
+        {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
+print("DONE")
+"""
+
+
+def test_kill_9_after_the_first_shard_then_rerun_gives_the_same_z_bit_for_bit(tiny_llava_path, tmp_path):
+    from coxlmm.data.folder import ImageFolderCaptions
+    from coxlmm.models.hf import HFVisionLM
+
+    data = make_folder_dataset(tmp_path / "data", n_train=160, n_test=0, words=("dog",))
+    script = tmp_path / "extract.py"
+    script.write_text(KILL_SCRIPT)
+    root = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_llava_path), str(data), str(root)], cwd=REPO,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(root.glob("*/shard-*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (entry,) = [p for p in root.iterdir() if p.is_dir()]
+    if (entry / "manifest.json").exists():
+        pytest.skip("the extraction finished before the kill (machine too fast for 160 images)")
+    lmm = HFVisionLM(name_or_path=str(tiny_llava_path))
+    ds = ImageFolderCaptions(str(data), split="train")
+    s = ExtractionSettings(batch_size=2, max_new_tokens=20)
+    t0 = time.monotonic()
+    resumed = extract(lmm, ds, "dog", [-1], s, str(root), TRAINER, wait_report_s=1.0)
+    assert time.monotonic() - t0 < 60, "the dead job's lock was released by the OS: no wait"
+    assert resumed.dir == entry and resumed.manifest()["n_extracted"] < 160  # it resumed, not restarted
+    fresh = extract(lmm, ds, "dog", [-1], s, str(tmp_path / "fresh"), TRAINER)
+    Z_res, r_res = resumed.load([2])
+    Z_new, r_new = fresh.load([2])
+    assert [r["index"] for r in r_res] == [r["index"] for r in r_new] == list(range(160))
+    assert torch.equal(Z_res[2], Z_new[2])
+
+
+WAIT_SCRIPT = """
+import sys
+from pathlib import Path
+from coxlmm.extraction.store import entry_lock
+with entry_lock(Path(sys.argv[1]), "an entry"):
+    print("HELD", flush=True)
+"""
+
+HOLD_SCRIPT = """
+import sys, time
+from pathlib import Path
+from coxlmm.extraction.store import entry_lock
+with entry_lock(Path(sys.argv[1]), "an entry"):
+    print("HELD", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_waiting_job_names_its_holder_and_ctrl_c_leaves_the_entry_untouched(tmp_path, caplog):
+    entry = tmp_path / "store" / "abc"
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_SCRIPT)
+    holder = subprocess.Popen([sys.executable, str(script), str(entry), "3"], cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "HELD"
+    with caplog.at_level("INFO", logger="coxlmm.extraction.store"):
+        t0 = time.monotonic()
+        with entry_lock(entry, "the test entry", wait_report_s=0.5):
+            waited = time.monotonic() - t0
+    holder.wait()
+    assert waited > 1.0
+    msgs = [r.getMessage() for r in caplog.records if "waiting for the test entry" in r.getMessage()]
+    assert msgs and f"pid {holder.pid}" in msgs[-1] and "since" in msgs[-1]
+
+    # Ctrl-C while waiting: the waiter stops; nothing of the entry changed.
+    holder = subprocess.Popen([sys.executable, str(script), str(entry), "30"], cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "HELD"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in entry.parent.iterdir())
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT_SCRIPT, str(entry)], cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    waiter.send_signal(signal.SIGINT)
+    out, err = waiter.communicate(timeout=30)
+    holder.kill()
+    holder.wait()
+    assert waiter.returncode != 0 and "HELD" not in out and "KeyboardInterrupt" in err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in entry.parent.iterdir()) == before
+
+
+# --- placement ---------------------------------------------------------------------------------------
+def test_the_model_is_not_a_submodule_of_the_stage_and_device_map_works_but_not_with_ddp(tiny_llava_path, tmp_path):
+    from coxlmm.data.folder import ImageFolderCaptions
+    from coxlmm.extraction.lightning import ExtractionModule
+    from coxlmm.models.hf import HFVisionLM
+
+    data = make_folder_dataset(tmp_path / "data", n_train=6, n_test=0, words=("dog",))
+    ds = ImageFolderCaptions(str(data), split="train")
+    plain = HFVisionLM(name_or_path=str(tiny_llava_path))
+    module = ExtractionModule(plain, "dog", [0], 20)
+    assert list(module.parameters()) == [], "Lightning's teardown .cpu() must not reach the model"
+    s = ExtractionSettings(batch_size=2, max_new_tokens=20)
+    Z_plain, _ = extract(plain, ds, "dog", [-1], s, str(tmp_path / "a"), TRAINER).load([0, 3])
+    sharded = HFVisionLM(name_or_path=str(tiny_llava_path), device_map="auto")
+    Z_map, _ = extract(sharded, ds, "dog", [-1], s, str(tmp_path / "b"), TRAINER).load([0, 3])
+    for l in (0, 3):  # 3 = the final norm's output
+        torch.testing.assert_close(Z_map[l], Z_plain[l])
+    with pytest.raises(CoxlmmError, match="device_map.*processes"):
+        extract(sharded, ds, "dog", [-1], s, str(tmp_path / "c"),
+                {**TRAINER, "devices": 2, "strategy": "ddp_spawn"})
+
+
+def test_the_norm_layer_holds_the_final_norm_of_the_last_block(tiny_llava_path, tmp_path):
+    from coxlmm.data.folder import ImageFolderCaptions
+    from coxlmm.models.hf import HFVisionLM
+
+    lmm = HFVisionLM(name_or_path=str(tiny_llava_path))
+    data = make_folder_dataset(tmp_path / "data", n_train=4, n_test=0, words=("dog",))
+    ds = ImageFolderCaptions(str(data), split="train")
+    store = extract(lmm, ds, "dog", ["norm"], ExtractionSettings(batch_size=2, max_new_tokens=20),
+                    str(tmp_path / "s"), TRAINER)
+    Z, _ = store.load([2, 3])
+    torch.testing.assert_close(Z[3], lmm.final_norm(Z[2]), atol=1e-5, rtol=1e-5)
+
+
+# --- the noise source --------------------------------------------------------------------------------
+def test_the_noise_source_is_the_teacher_forced_forward_with_a_noise_image_and_the_prefix(tiny_llava_path, tmp_path):
+    from coxlmm.data.folder import ImageFolderCaptions
+    from coxlmm.extraction.lightning import noise_image
+    from coxlmm.models.hf import HFVisionLM
+
+    lmm = HFVisionLM(name_or_path=str(tiny_llava_path))
+    data = make_folder_dataset(tmp_path / "data", n_train=5, n_test=0, words=("dog",))
+    ds = ImageFolderCaptions(str(data), split="train")
+    s = ExtractionSettings(batch_size=3, max_new_tokens=20)
+    store = extract(lmm, ds, "dog", [-1], s, str(tmp_path / "s"), TRAINER)
+    noise = extract_noise(lmm, store, ds, s, str(tmp_path / "s"), images="noise", seed=7, trainer=TRAINER)
+    real = extract_noise(lmm, store, ds, s, str(tmp_path / "s"), images="real", seed=7, trainer=TRAINER)
+    layers = list(range(lmm.num_layers + 1))
+    Z, recs = store.load(layers)
+    Zn, recs_n = noise.load(layers)
+    Zr, _ = real.load(layers)
+    assert [r["index"] for r in recs_n] == [r["index"] for r in recs]
+    for i, rec in enumerate(recs[:2]):
+        image = noise_image(ds[rec["index"]].image.size, 7, rec["index"])
+        gen = torch.tensor([rec["prefix_ids"] + rec["token_ids"][:1]])
+        ref = lmm.teacher_forced_states(lmm.prepare([image]), gen, layers)
+        for l in layers:
+            torch.testing.assert_close(Zn[l][i], ref[l][0, rec["position"]], atol=1e-4, rtol=1e-4)
+    for l in layers:  # the real images' states: the extraction itself
+        torch.testing.assert_close(Zr[l], Z[l], atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(Zn[l], Z[l], atol=1e-3)
+    assert noise.key != real.key
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_setup(tiny_llava_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    data = make_folder_dataset(tmp / "data", n_train=6, n_test=2, words=("dog",))
+    return tmp, base_args(tiny_llava_path, data, tmp / "cache") + ["logger=none"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["extraction.batch_size=0"], "extraction.batch_size=0 is invalid"),
+    (["extraction.batch_size=-3"], "extraction.batch_size=-3 is invalid"),
+    (["layers=[]"], "layers=[] is empty"),
+    (["layers=[mid]"], "layer 'mid' is out of range"),
+    (["noise.images=blur", "metrics=paper"], "noise.images='blur' is invalid"),
+])
+def test_bad_runtime_input_is_one_paragraph(cli_setup, overrides, message):
+    tmp, args = cli_setup
+    out = coxlmm(*args, f"hydra.run.dir={tmp / 'bad'}", *overrides)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_layers_naming_one_block_twice_are_analysed_once(cli_setup):
+    tmp, args = cli_setup
+    run = tmp / "dup"
+    out = coxlmm(*args, "layers=[-1,2,0,0]", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "names the same block more than once" in out.stdout + out.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {k.split("/")[0] for k in metrics if "/" in k} == {"layer_2", "layer_0"}
+    concepts = json.loads((run / "layer_2" / "concepts.json").read_text())
+    assert metrics["n_train"] == 6 and sum(len(c["top_samples"]) > 0 for c in concepts["concepts"]) >= 1
+
+
+def test_a_failed_job_leaves_a_wandb_run_marked_failed_with_its_config(cli_setup):
+    from coxlmm.report.log import read_offline_run
+
+    tmp, args = cli_setup
+    run = tmp / "failed"
+    out = coxlmm(*[a for a in args if a != "logger=none"], "logger=wandb", "token=zebra", "extraction.require_gt=false",
+                 f"hydra.run.dir={run}")
+    assert out.returncode == 2 and "no sample selected for token 'zebra'" in out.stderr
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    recs = read_offline_run(run_file)
+    exit_code = [r.exit.exit_code for r in recs if r.WhichOneof("record_type") == "exit"]
+    config = {u.key: u.value_json for r in recs if r.WhichOneof("record_type") == "config" for u in r.config.update}
+    summary = {u.key: u.value_json for r in recs if r.WhichOneof("record_type") == "summary" for u in r.summary.update}
+    assert exit_code == [1] and config["token"] == '"zebra"'
+    assert summary["coxlmm/status"] == '"failed"' and "zebra" in summary["coxlmm/error"]
+
+
+def test_dead_concepts_are_reported_with_the_numbers_and_a_working_alpha():
+    from coxlmm.concepts import build_dictionary
+    from coxlmm.pipeline import dead_concepts_note
+
+    g = torch.Generator().manual_seed(0)
+    Z = 0.3 * torch.nn.functional.normalize(torch.randn(200, 32, generator=g) + 2.0, dim=1)  # ‖z‖ = 0.3
+    d = build_dictionary("semi_nmf", n_concepts=8, alpha=1.0).fit(Z)
+    note = dead_concepts_note(d, Z, d.V_train)
+    assert "8 of 8 concepts are dead" in note and "median ‖z‖ = 0.3" in note
+    alpha = float(note.split("try method.alpha=")[1].split(" ")[0])
+    alive = build_dictionary("semi_nmf", n_concepts=8, alpha=alpha).fit(Z)
+    assert dead_concepts_note(alive, Z, alive.V_train) == ""
