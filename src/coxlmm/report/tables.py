@@ -1,92 +1,108 @@
-"""Aggregate a sweep into the paper's tables and figures: `coxlmm-tables <sweep dir> [...]`.
+"""Aggregate sweeps into the paper's tables and figures: `coxlmm-tables <sweep dir> [...]`.
 
-A job dir is any folder under the sweep holding `metrics.json` and `.hydra/config.yaml` (Hydra's
-`<num>_<overrides>` subdirs, also under the joblib and submitit launchers). Each job gives one
-*row* per layer: `{job, method, token, layer, n_concepts, seed, <metric>: value, ...}`; a job that
-analysed several layers has `layer_<l>/<metric>` keys and gives one row per layer.
+A job dir is any folder under the sweep holding `.hydra/config.yaml` (Hydra's `<num>_<overrides>`
+subdirs, under any launcher); one with `metrics.json` gives one *row* per layer (a multi-layer job's
+`layer_<l>/<metric>` keys one row each), one without is listed as failed or unfinished. Rows form
+one pandas DataFrame (`runs.csv`); every table is a group-by / pivot of it:
 
-Written into the sweep dir:
-    tables.md        Table 1 (tokens x {CS, BS} top-1, methods as columns with the Rnd-Words,
-                     Noise-Imgs and GT-captions baselines; mean ± std over test samples), the overlap
-                     table (tokens x methods), the recovery table (methods + a random dictionary x
-                     {lenient, matched, purity, grounding acc.}; mean ± std over tokens), and, when the
-                     sweep varies them, a by-layer and a by-K table
-    tables.csv       every cell of those tables, long format: table,row,column,mean,std
-    runs.csv         every row with every metric (for plots of your own)
-    layer_ablation.png   grounding CS by layer with the random-words line, and recovery by layer
-    recon_vs_k.png       reconstruction error against K, one line per method
-    grounding_scatter.png  per-concept CS of grounded vs random words (from `grounding_points.json`)
-A missing metric shows as "–"; a figure without data is not drawn.
+    Table 1            per token, CS / BS of the test samples' top-1 concept: the nulls (Rnd-Words,
+                       Token-only, Rnd-Concept, Noise-Imgs), every method, GT-captions; and the
+                       methods' test L0. Mean over test samples, ± std across seeds (or, with one
+                       seed, ± std over test samples).
+    Paired differences each method's top-1 minus each null, per sample, averaged over seeds, with a
+                       bootstrap 95 % CI over test samples; * = the CI excludes 0
+                       (from each job's `test_scores.json`).
+    Overlap            tokens x methods (lower = more disentangled), and the mean over tokens.
+    Recovery           per method: matched recovery overall and per factor of the target object,
+                       beside the same dictionary on the prefix-only control; corrected purity and
+                       grounding accuracy; the centred random dictionary and the supervised DiffMean
+                       reference as rows (mean ± std over tokens and seeds).
+    By layer / by K    when the sweep varies them (layer ablation with the lens readability of each
+                       layer; reconstruction against K).
 
-The reading (`collect`) is the only I/O before `write_report`; everything in between takes and
-returns plain rows, tables and figures.
+Methods appear in the order the sweep lists them, under the display name they carry
+(`concepts.json`: extra.method_display, from the method's config). Written into the sweep dir:
+tables.md, tables.csv (every cell, long format: table,row,column,mean,std), runs.csv (every row,
+every metric), layer_ablation.png, recon_vs_k.png, grounding_scatter.png. A missing value shows as "–".
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Row = dict[str, Any]
-Value = tuple[float | None, float | None]  # (mean, std); None = missing
+import numpy as np
+import pandas as pd
 
 DASH = "–"
-METHOD_ORDER = ("simple", "pca", "kmeans", "nmf", "semi_nmf")  # the paper's column order (+ NMF)
-METHOD_NAMES = {"simple": "Simple", "pca": "PCA", "kmeans": "K-Means", "nmf": "NMF", "semi_nmf": "Semi-NMF",
-                "random_dict": "Random dict."}
-ID_KEYS = ("job", "method", "token", "layer", "n_concepts", "seed", "model", "data")
-_LAYER_KEY = re.compile(r"^layer_(-?\d+)/(.+)$")
+ID_KEYS = ("job", "method", "method_display", "token", "layer", "layer_name", "n_concepts", "seed", "model", "data")
+NULLS = (("rnd_words", "Rnd-Words"), ("token_only", "Token-only"), ("rnd_concept", "Rnd-Concept"),
+         ("noise_imgs", "Noise-Imgs"))
+_LAYER_KEY = re.compile(r"^layer_([^/]+)/(.+)$")
 _JOB_NUM = re.compile(r"^(\d+)_")
 
 
-# --- reading a sweep (I/O) -------------------------------------------------------------------------
+# --- reading a sweep (I/O) -------------------------------------------------------------------------------
 @dataclass
 class Sweep:
-    rows: list[Row]
-    points: list[Row]  # per-concept grounding points (grounding_points.json), with job/method/token
-    unfinished: list[str]  # job dirs with a config but no metrics.json (failed, or still running)
-
-
-def collect(sweep_dir: str | Path) -> list[Row]:
-    """One row per (job, layer) under `sweep_dir`, in job-number order."""
-    return read_sweep(sweep_dir).rows
+    runs: pd.DataFrame  # one row per (job, layer)
+    points: pd.DataFrame  # per-concept grounding points, with job / method / token / layer
+    test_scores: dict[tuple[str, Any], dict[str, Any]]  # (job, layer) -> test_scores.json
+    unfinished: list[str] = field(default_factory=list)  # job dirs with a config but no metrics.json
 
 
 def read_sweep(sweep_dir: str | Path) -> Sweep:
     root = Path(sweep_dir)
-    rows: list[Row] = []
-    points: list[Row] = []
+    rows: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+    scores: dict[tuple[str, Any], dict[str, Any]] = {}
     unfinished: list[str] = []
-    for job_dir in _job_dirs(root):
+    for job_dir in job_dirs(root):
         name = str(job_dir.relative_to(root))
         if not (job_dir / "metrics.json").is_file():
             unfinished.append(name)
             continue
         config = _load_yaml(job_dir / ".hydra" / "config.yaml")
-        hydra = _load_yaml(job_dir / ".hydra" / "hydra.yaml").get("hydra", {})
-        choices = (hydra.get("runtime") or {}).get("choices") or {}
+        choices = ((_load_yaml(job_dir / ".hydra" / "hydra.yaml").get("hydra") or {}).get("runtime") or {}).get(
+            "choices") or {}
         metrics = json.loads((job_dir / "metrics.json").read_text())
-        concepts = _load_json(job_dir / "concepts.json")
-        rows_of_job = job_rows(name, config, choices, metrics, concepts)
-        rows += rows_of_job
-        for path in [job_dir / "grounding_points.json", *sorted(job_dir.glob("layer_*/grounding_points.json"))]:
-            if path.is_file():
-                layer = _int(path.parent.name.removeprefix("layer_")) if path.parent != job_dir else rows_of_job[0]["layer"]
-                ids = {k: rows_of_job[0][k] for k in ("job", "method", "token")}
-                points += [{**ids, "layer": layer, **p} for p in grounding_points(json.loads(path.read_text()))]
-    return Sweep(rows, points, unfinished)
+        concepts = {p.parent: _load_json(p) for p in [job_dir / "concepts.json", *job_dir.glob("layer_*/concepts.json")]
+                    if p.is_file()}
+        job = job_rows(name, config, choices, metrics, next(iter(concepts.values()), {}),
+                       {str((c.get("extra") or {}).get("layer_name", c.get("layer"))): c.get("layer")
+                        for c in concepts.values()})
+        rows += job
+        for sub, data in concepts.items():
+            layer = data.get("layer")
+            for path, bucket in ((sub / "grounding_points.json", "points"), (sub / "test_scores.json", "scores")):
+                if not path.is_file():
+                    continue
+                content = json.loads(path.read_text())
+                if bucket == "scores":
+                    scores[(name, layer)] = content
+                else:
+                    ids = {k: job[0][k] for k in ("job", "method", "method_display", "token")}
+                    points += [{**ids, "layer": layer, **p} for p in content if isinstance(p, dict)]
+    runs = pd.DataFrame(rows)
+    for key in ID_KEYS:
+        if key not in runs:
+            runs[key] = None
+    return Sweep(runs, pd.DataFrame(points), scores, unfinished)
 
 
-def _job_dirs(root: Path) -> list[Path]:
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per (job, layer) under `sweep_dir`, in job-number order."""
+    return read_sweep(sweep_dir).runs.to_dict("records")
+
+
+def job_dirs(root: Path) -> list[Path]:
     """Folders with a `.hydra/config.yaml` (not the sweep root's own, nor submitit's), by job number."""
     dirs = [p.parent.parent for p in root.rglob(".hydra/config.yaml")
             if ".submitit" not in p.parts and p.parent.parent != root]
@@ -116,44 +132,41 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# --- rows (pure) ---------------------------------------------------------------------------------------
 def job_rows(job: str, config: dict[str, Any], choices: dict[str, Any], metrics: dict[str, Any],
-             concepts: dict[str, Any] | None = None) -> list[Row]:
-    """The rows of one job: its identity (from the config) and its metrics, split by layer."""
+             concepts: dict[str, Any] | None = None, layer_of: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of one job: its identity (config, concepts.json) and its metrics, split by layer.
+    `layer_of`: layer name ("29", "norm") -> layer index, from the layers' concepts.json."""
+    concepts = concepts or {}
     method_cfg = config.get("method") if isinstance(config.get("method"), dict) else {}
-    ids: Row = {
-        "job": job,
-        "method": method_name(choices.get("method"), method_cfg, (concepts or {}).get("method")),
-        "token": config.get("token"),
-        "n_concepts": _int(method_cfg.get("n_concepts")),
-        "seed": _int(config.get("seed")),
-        "model": choices.get("model"),
-        "data": choices.get("data"),
-    }
-    per_layer: dict[int, Row] = {}
-    shared: Row = {}
-    for key, value in metrics.items():
+    extra = concepts.get("extra") or {}
+    name = _first_str(method_cfg.get("name"), choices.get("method"), concepts.get("method"),
+                      str(method_cfg.get("_target_", "?")).rsplit(".", 1)[-1].lower())
+    ids = {"job": job, "method": name,
+           "method_display": _first_str(method_cfg.get("display_name"), extra.get("method_display"), name),
+           "token": config.get("token"), "n_concepts": _int(method_cfg.get("n_concepts")),
+           "seed": _int(config.get("seed")), "model": choices.get("model"), "data": choices.get("data")}
+    per_layer: dict[str, dict[str, Any]] = {}
+    shared: dict[str, Any] = {}
+    for key, v in metrics.items():
         m = _LAYER_KEY.match(key)
         if m:
-            per_layer.setdefault(int(m.group(1)), {})[m.group(2)] = value
+            per_layer.setdefault(m.group(1), {})[m.group(2)] = v
         else:
-            shared[key] = value
+            shared[key] = v
     if per_layer:
-        return [{**ids, "layer": layer, **shared, **vals} for layer, vals in sorted(per_layer.items())]
-    layers = config.get("layers") or [None]
-    # concepts.json holds the resolved layer (29, where the config says -1).
-    layer = _int((concepts or {}).get("layer")) if concepts and "layer" in concepts else _int(layers[0])
-    return [{**ids, "layer": layer, **shared}]
+        layer_of = layer_of or {}
+        return [{**ids, "layer": _int(layer_of.get(name_, name_)), "layer_name": name_, **shared, **vals}
+                for name_, vals in sorted(per_layer.items(), key=lambda kv: _layer_sort(kv[0]))]
+    layer = _int(concepts.get("layer")) if "layer" in concepts else _int((config.get("layers") or [None])[0])
+    return [{**ids, "layer": layer, "layer_name": extra.get("layer_name", str(layer)), **shared}]
 
 
-def method_name(choice: Any, method_cfg: dict[str, Any], from_concepts: Any = None) -> str:
-    """The method's config-group choice (`semi_nmf`), else its config's `name`, else concepts.json's,
-    else the last part of its `_target_`."""
-    for candidate in (choice, method_cfg.get("name"), from_concepts):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    target = method_cfg.get("_target_")
-    return str(target).rsplit(".", 1)[-1].lower() if target else "?"
+def _layer_sort(name: str) -> float:
+    return float(name) if name.lstrip("-").isdigit() else math.inf  # "norm" after every block
+
+
+def _first_str(*xs: Any) -> str:
+    return next((x for x in xs if isinstance(x, str) and x), "?")
 
 
 def _int(x: Any) -> int | None:
@@ -163,250 +176,237 @@ def _int(x: Any) -> int | None:
         return None
 
 
-def grounding_points(data: Any) -> list[Row]:
-    """Per-concept points of a `grounding_points.json`: a list of dicts (or {"points": [...]}) with
-    `cs` / `cs_random` (and optionally `bs` / `bs_random`, `concept`). Other names are mapped:
-    `grounded_cs`/`random_cs`, `cs_words`/`cs_random_words`."""
-    if isinstance(data, dict):
-        data = data.get("points", data.get("concepts", []))
-    aliases = {"grounded_cs": "cs", "cs_words": "cs", "random_cs": "cs_random", "cs_random_words": "cs_random",
-               "grounded_bs": "bs", "bs_words": "bs", "random_bs": "bs_random", "bs_random_words": "bs_random",
-               "id": "concept"}
-    out = []
-    for p in data if isinstance(data, list) else []:
-        if isinstance(p, dict):
-            out.append({aliases.get(k, k): v for k, v in p.items()})
-    return out
-
-
-# --- selecting and formatting values (pure) -------------------------------------------------------
-def ordered(values: Iterable[Any], order: Sequence[Any] = ()) -> list[Any]:
-    """Distinct values: those in `order` first (in that order), then the rest as first seen."""
-    seen = list(dict.fromkeys(v for v in values if v is not None))
-    return [v for v in order if v in seen] + [v for v in seen if v not in order]
-
-
-def representative(rows: Sequence[Row]) -> Row | None:
-    """The row a cell shows when a sweep has several for it: the highest layer, then the lowest
-    seed, then K = 20 (the paper's) or the largest K."""
-    if not rows:
-        return None
-
-    def key(r: Row) -> tuple:
-        k = r.get("n_concepts")
-        return (-(r.get("layer") if r.get("layer") is not None else -1 << 30),
-                r.get("seed") if r.get("seed") is not None else 0,
-                0 if k == 20 else 1, -(k or 0))
-
-    return sorted(rows, key=key)[0]
-
-
-def value(row: Row | None, key: str, std_key: str | None = None) -> Value:
-    """(mean, std) of a metric; a `key` ending in `_mean` takes its std from the `_std` twin."""
-    if row is None:
-        return (None, None)
-    if std_key is None and key.endswith("_mean"):
-        std_key = key[: -len("_mean")] + "_std"
-    return (_num(row.get(key)), _num(row.get(std_key)) if std_key else None)
-
-
-def _num(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def mean_std(xs: Iterable[float | None]) -> Value:
-    """Mean and (population) std over the values present; std None for a single value."""
-    vals = [x for x in xs if x is not None]
-    if not vals:
-        return (None, None)
-    m = sum(vals) / len(vals)
-    return (m, math.sqrt(sum((x - m) ** 2 for x in vals) / len(vals)) if len(vals) > 1 else None)
-
-
-def fmt(v: Value, digits: int = 3) -> str:
-    mean, std = v
-    if mean is None:
+# --- cells (pure) ------------------------------------------------------------------------------------------
+def fmt(mean: Any, std: Any = None, digits: int = 3, mark: str = "") -> str:
+    """'0.817 ± 0.012', '0.817', or '–'."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return DASH
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    s = f"{float(mean):.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        s += f" ± {float(std):.{digits}f}"
+    return s + mark
 
 
-# --- tables (pure) ---------------------------------------------------------------------------------------
 @dataclass
 class Table:
     name: str  # key in tables.csv
     title: str
-    label_columns: list[str]
-    value_columns: list[str]
-    rows: list[tuple[list[str], list[Value]]] = field(default_factory=list)
+    frame: pd.DataFrame  # formatted cells (strings), index = row labels
+    values: pd.DataFrame  # long format: row, column, mean, std
     note: str = ""
 
 
-def _by(rows: Sequence[Row], **match: Any) -> list[Row]:
-    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+def representative(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows the paper tables show: per (token, method), the highest layer, then K = 20 (the paper's) or
+    the largest K; every seed of those."""
+    if runs.empty:
+        return runs
+    out = []
+    for _, g in runs.groupby(["token", "method"], sort=False, dropna=False):
+        layer = g["layer"].max() if g["layer"].notna().any() else None
+        g = g[g["layer"] == layer] if layer is not None else g
+        ks = set(g["n_concepts"].dropna())
+        k = 20 if 20 in ks else (max(ks) if ks else None)
+        out.append(g[g["n_concepts"] == k] if k is not None else g)
+    return pd.concat(out)
 
 
-def _cell(rows: Sequence[Row], **match: Any) -> Row | None:
-    return representative(_by(rows, **match))
+def across_seeds(rows: pd.DataFrame, key: str) -> tuple[float | None, float | None, int]:
+    """(mean, std, n seeds) of a job-level metric over the rows (seeds); with one seed the std is that
+    job's own `<key minus _mean>_std` (over test samples) when it has one."""
+    if key not in rows or rows[key].isna().all():
+        return None, None, 0
+    v = rows[key].dropna().astype(float)
+    if len(v) > 1:
+        return float(v.mean()), float(v.std(ddof=0)), len(v)
+    std_key = key[: -len("_mean")] + "_std" if key.endswith("_mean") else None
+    std = rows[std_key].dropna().astype(float) if std_key and std_key in rows else pd.Series(dtype=float)
+    return float(v.iloc[0]), float(std.iloc[0]) if len(std) else None, 1
 
 
-def _multiple_note(rows: Sequence[Row], keys: tuple[str, ...]) -> str:
-    groups: dict[tuple, int] = {}
-    for r in rows:
-        groups[tuple(r.get(k) for k in keys)] = groups.get(tuple(r.get(k) for k in keys), 0) + 1
-    if any(n > 1 for n in groups.values()):
-        return ("Cells with several runs (layers, seeds, K) show the highest layer, then the lowest seed, "
-                "then K = 20 or the largest K.")
-    return ""
+def _ordered(values: Sequence[Any]) -> list[Any]:
+    return list(dict.fromkeys(v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))))
 
 
-TABLE1_METRICS = (  # (label, method-column key, Rnd-Words key, Noise-Imgs key, GT-captions key)
-    ("CS", "cs_top1_mean", "rnd_words_cs_top1_mean", "noise_imgs_cs_top1_mean", "gt_captions_cs_mean"),
-    ("BS", "bs_top1_mean", "rnd_words_bs_top1_mean", "noise_imgs_bs_top1_mean", "gt_captions_bs_mean"),
-)
+def _build(name: str, title: str, cells: list[tuple[tuple[str, ...], str, float | None, float | None, str]],
+           index_names: list[str], note: str = "") -> Table:
+    """A Table from (row labels, column, mean, std, mark) cells, columns in first-seen order."""
+    values = pd.DataFrame([{"row": " / ".join(r), "column": c, "mean": m, "std": s} for r, c, m, s, _ in cells])
+    if not cells:
+        frame = pd.DataFrame()
+    else:
+        long = pd.DataFrame([{**dict(zip(index_names, r)), "column": c, "cell": fmt(m, s, mark=k)}
+                             for r, c, m, s, k in cells])
+        frame = long.pivot(index=index_names, columns="column", values="cell")
+        frame = frame.reindex(index=pd.MultiIndex.from_tuples(_ordered([r for r, *_ in cells]), names=index_names)
+                              if len(index_names) > 1 else _ordered([r[0] for r, *_ in cells]),
+                              columns=_ordered([c for _, c, *_ in cells])).fillna(DASH)
+        if len(index_names) == 1:
+            frame.index.name = index_names[0]
+    return Table(name, title, frame, values, note)
 
 
-def table1(rows: Sequence[Row]) -> Table:
-    """Paper Table 1: per token, CS and BS of the test samples' top-1 concept, one column per method,
-    between the Rnd-Words / Noise-Imgs baselines and the GT-captions reference."""
-    methods = ordered((r["method"] for r in rows), METHOD_ORDER)
-    t = Table("table1", "Table 1: test samples, top-1 concept (mean ± std over test samples)",
-              ["token", "metric"], ["Rnd-Words", "Noise-Imgs"] + [_display(m) for m in methods] + ["GT-captions"])
-    for token in ordered(r["token"] for r in rows):
-        # The baselines do not depend on the method: take them from the Semi-NMF job when there is one.
-        by_method = [_cell(rows, token=token, method=m) for m in ordered(methods, ("semi_nmf",))]
-        for label, key, rnd, noise, gt in TABLE1_METRICS:
-            t.rows.append(([token, label], [_first(by_method, rnd), _first(by_method, noise)]
-                           + [value(_cell(rows, token=token, method=m), key) for m in methods]
-                           + [_first(by_method, gt)]))
-    t.note = " ".join(filter(None, [
-        "Rnd-Words / Noise-Imgs / GT-captions come from the Semi-NMF job of the token (else the first with them).",
-        _multiple_note(rows, ("token", "method"))]))
-    return t
+# --- tables (pure) --------------------------------------------------------------------------------------------
+def table1(runs: pd.DataFrame) -> Table:
+    """Paper Table 1 with the nulls, GT-captions and the methods' test L0 (module doc)."""
+    rows = representative(runs)
+    cells = []
+    methods = _ordered(rows["method"]) if not rows.empty else []
+    display = dict(zip(rows["method"], rows["method_display"])) if not rows.empty else {}
+    for token in _ordered(rows["token"]) if not rows.empty else []:
+        of_token = rows[rows["token"] == token]
+        # The nulls do not depend on the method's words except through |T_k| (Rnd-Words) and the method
+        # (Rnd-Concept, Noise-Imgs): each is shown from the Semi-NMF jobs when there are some.
+        ref = of_token[of_token["method"] == "semi_nmf"] if (of_token["method"] == "semi_nmf").any() else of_token
+        for label, m in (("CS", "cs"), ("BS", "bs")):
+            r = (token, label)
+            for null, title in NULLS:
+                mean, std, _ = across_seeds(ref, f"{null}_{m}_top1_mean")
+                cells.append((r, title, mean, std, ""))
+            for method in methods:
+                mean, std, _ = across_seeds(of_token[of_token["method"] == method], f"{m}_top1_mean")
+                cells.append((r, display.get(method, method), mean, std, ""))
+            mean, std, _ = across_seeds(ref, f"gt_captions_{m}_mean")
+            cells.append((r, "GT-captions", mean, std, ""))
+        for method in methods:
+            mean, std, _ = across_seeds(of_token[of_token["method"] == method], "sparsity_l0_test")
+            cells.append(((token, "L0 (test)"), display.get(method, method), mean, std, ""))
+    n_seeds = int(rows.groupby(["token", "method"])["seed"].nunique().max()) if not rows.empty else 0
+    spread = "std across seeds" if n_seeds > 1 else "std over test samples"
+    note = (f"Mean over test samples, ± {spread} ({n_seeds} seed(s)). Nulls from the Semi-NMF jobs of each token. "
+            "L0 (test): mean non-zero codes per test sample (PCA, k-means and Simple have dense codes).")
+    return _build("table1", "Table 1: test samples, top-1 concept, against the nulls", cells, ["token", "metric"], note)
 
 
-def _first(rows: Sequence[Row | None], key: str) -> Value:
-    for r in rows:
-        v = value(r, key)
-        if v[0] is not None:
-            return v
-    return (None, None)
+def paired_table(runs: pd.DataFrame, test_scores: dict[tuple[str, Any], dict[str, Any]], seed: int = 0) -> Table:
+    """Each method's top-1 minus each null, per test sample, averaged over seeds; bootstrap 95 % CI."""
+    from coxlmm.metrics.stats import paired_ci
+
+    rows = representative(runs)
+    cells = []
+    for (token, method), g in rows.groupby(["token", "method"], sort=False):
+        jobs = [test_scores.get((j, l)) for j, l in zip(g["job"], g["layer"])]
+        jobs = [s for s in jobs if s]
+        if not jobs:
+            continue
+        display = g["method_display"].iloc[0]
+        for m, label in (("cs", "CS"), ("bs", "BS")):
+            for null, title in NULLS:
+                diffs = [np.asarray(s["scores"][f"top1_{m}"]) - np.asarray(s["scores"][f"{null}_{m}"])
+                         for s in jobs if f"{null}_{m}" in s["scores"] and f"top1_{m}" in s["scores"]]
+                if not diffs or len({len(d) for d in diffs}) > 1:
+                    continue
+                d = np.mean(diffs, axis=0)
+                mean, lo, hi = paired_ci(d, np.zeros_like(d), seed=seed)
+                mark = "*" if np.isfinite(lo) and (lo > 0 or hi < 0) else ""
+                cells.append(((token, label, display), title, mean, None, f" [{lo:+.3f}, {hi:+.3f}]{mark}"))
+    return _build("paired", "Paired differences: method top-1 minus null (per test sample, mean over seeds)", cells,
+                  ["token", "metric", "method"],
+                  "Bootstrap 95 % CI of the mean difference over test samples (10,000 resamples); "
+                  "* = the CI excludes 0.")
 
 
-def _display(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
-
-
-def overlap_table(rows: Sequence[Row]) -> Table:
-    """Overlap of the concepts' words, tokens x methods (lower = more disentangled), and the mean."""
-    methods = ordered((r["method"] for r in rows), METHOD_ORDER)
-    t = Table("overlap", "Overlap of concept words (lower is more disentangled)", ["token"],
-              [_display(m) for m in methods])
-    tokens = ordered(r["token"] for r in rows)
+def overlap_table(runs: pd.DataFrame) -> Table:
+    rows = representative(runs)
+    cells = []
+    display = dict(zip(rows["method"], rows["method_display"])) if not rows.empty else {}
+    tokens = _ordered(rows["token"]) if not rows.empty else []
     for token in tokens:
-        t.rows.append(([token], [value(_cell(rows, token=token, method=m), "overlap") for m in methods]))
+        for method in _ordered(rows["method"]):
+            g = rows[(rows["token"] == token) & (rows["method"] == method)]
+            mean, std, _ = across_seeds(g, "overlap")
+            cells.append(((token,), display.get(method, method), mean, std if len(g) > 1 else None, ""))
     if len(tokens) > 1:
-        t.rows.append((["mean"], [mean_std(value(_cell(rows, token=tok, method=m), "overlap")[0] for tok in tokens)
-                                  for m in methods]))
-    t.note = _multiple_note(rows, ("token", "method"))
-    return t
+        for method in _ordered(rows["method"]):
+            per_token = rows[rows["method"] == method].groupby("token")["overlap"].mean()
+            cells.append((("mean",), display.get(method, method), float(per_token.mean()),
+                          float(per_token.std(ddof=0)), ""))
+    return _build("overlap", "Overlap of concept words (lower is more disentangled)", cells, ["token"])
 
 
-RECOVERY_COLUMNS = (("Lenient", "recovery_lenient"), ("Matched", "recovery_matched"),
-                    ("Purity", "concept_purity"), ("Grounding acc.", "grounding_accuracy"))
+def _factors(rows: pd.DataFrame) -> list[str]:
+    return _ordered([c.split("/", 1)[1] for c in rows.columns if c.startswith("recovery_matched/")])
 
 
-def recovery_table(rows: Sequence[Row]) -> Table:
-    """Ground-truth recovery per method and for a random dictionary (mean ± std over tokens)."""
-    methods = ordered((r["method"] for r in rows), METHOD_ORDER)
-    tokens = ordered(r["token"] for r in rows)
-    t = Table("recovery", "Ground-truth recovery on the world (mean ± std over tokens; AUROC chance = 0.5)",
-              ["method"], [c for c, _ in RECOVERY_COLUMNS])
-    picked = {m: [_cell(rows, token=tok, method=m) for tok in tokens] for m in methods}
-    for m in methods:
-        t.rows.append(([_display(m)], [mean_std(value(r, key)[0] for r in picked[m]) for _, key in RECOVERY_COLUMNS]))
-    # The random dictionary depends on (token, layer, K, seed), not on the method: one row, pooled.
-    every = [r for m in methods for r in picked[m]]
-    t.rows.append((["Random dict."], [mean_std(value(r, key + "_random")[0] for r in every)
-                                      for _, key in RECOVERY_COLUMNS]))
-    t.note = " ".join(filter(None, [
-        "Lenient: best concept per factor value (near 1 for almost any dictionary). Matched: one concept "
-        "per value (Hungarian). Purity: activation share on the concept's best value. Grounding acc.: "
-        "share of values whose matched concept's words name them.",
-        _multiple_note(rows, ("token", "method"))]))
-    return t
+def recovery_table(runs: pd.DataFrame) -> Table:
+    """Matched recovery (overall, per factor) beside the prefix-only control; purity, grounding accuracy;
+    random and DiffMean rows."""
+    rows = representative(runs)
+    cells = []
+    if rows.empty or "recovery_matched" not in rows:
+        return _build("recovery", "Ground-truth recovery", cells, ["method"])
+    factors = _factors(rows)
+    columns = [("Matched", "recovery_matched"), ("Prefix-only", "recovery_matched_prefix_only")]
+    for f in factors:
+        columns += [(f"{f}", f"recovery_matched/{f}"), (f"{f} prefix-only", f"recovery_matched_prefix_only/{f}")]
+    columns += [("Purity (corr.)", "purity_corrected"), ("Grounding acc.", "grounding_accuracy")]
+    for method in _ordered(rows["method"]):
+        g = rows[rows["method"] == method]
+        for label, key in columns:
+            v = g[key].dropna().astype(float) if key in g else pd.Series(dtype=float)
+            cells.append(((g["method_display"].iloc[0],), label, float(v.mean()) if len(v) else None,
+                          float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    for tag, title in (("random", "Random dict. (centred)"), ("diffmean", "DiffMean (supervised)")):
+        for label, key in columns:
+            if "prefix" in key:
+                continue
+            k = key.replace("recovery_matched", f"recovery_matched_{tag}") if key.startswith("recovery_matched") \
+                else f"{key}_{tag}"
+            v = rows[k].dropna().astype(float) if k in rows else pd.Series(dtype=float)
+            cells.append(((title,), label, float(v.mean()) if len(v) else None,
+                          float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    return _build("recovery", "Ground-truth recovery of the target object's factors (AUROC, chance = 0.5; "
+                  "mean ± std over tokens and seeds)", cells, ["method"],
+                  "Matched: one concept per factor value (Hungarian). Prefix-only: the same dictionary on the "
+                  "position-matched noise source (noise image, the sample's own caption prefix): what the text "
+                  "before t already carries. Purity (corr.): activation share on the best value, corrected for its "
+                  "base rate (0 = chance). Random dict.: centred random directions. DiffMean uses the labels.")
 
 
 LAYER_COLUMNS = (("Grounding CS", "grounding_cs_mean"), ("Rnd-Words CS", "grounding_cs_random_mean"),
                  ("Grounding BS", "grounding_bs_mean"), ("Rnd-Words BS", "grounding_bs_random_mean"),
-                 ("Matched", "recovery_matched"), ("Matched rnd", "recovery_matched_random"),
-                 ("Lenient", "recovery_lenient"), ("Grounding acc.", "grounding_accuracy"),
+                 ("Lens top-1 = t", "lens_top1_t"), ("Lens top-10 ∋ t", "lens_top10_t"),
+                 ("Matched", "recovery_matched"), ("Prefix-only", "recovery_matched_prefix_only"),
+                 ("Random dict.", "recovery_matched_random"), ("Grounding acc.", "grounding_accuracy"),
                  ("Overlap", "overlap"), ("Recon. err.", "recon_rel_error_test"))
-
-
-def layer_table(rows: Sequence[Row]) -> Table:
-    return _by_table(rows, "layers", "By layer", "layer", "layer", LAYER_COLUMNS)
-
-
 K_COLUMNS = (("Recon. err. train", "recon_rel_error_train"), ("Recon. err. test", "recon_rel_error_test"),
-             ("Overlap", "overlap"), ("Matched", "recovery_matched"), ("Matched rnd", "recovery_matched_random"),
-             ("Purity", "concept_purity"))
+             ("Overlap", "overlap"), ("L0 (test)", "sparsity_l0_test"), ("Matched", "recovery_matched"),
+             ("Random dict.", "recovery_matched_random"))
 
 
-def k_table(rows: Sequence[Row]) -> Table:
-    return _by_table(rows, "k", "By dictionary size K", "n_concepts", "K", K_COLUMNS)
+def by_table(runs: pd.DataFrame, x: str, name: str, title: str, columns: Sequence[tuple[str, str]]) -> Table:
+    """One row per (method, token, value of x): each column's mean (± std across seeds)."""
+    cells = []
+    for (method, token, xv), g in runs.groupby(["method", "token", x], sort=False, dropna=True):
+        label = g["layer_name"].iloc[0] if x == "layer" and "layer_name" in g else str(xv)
+        for col, key in columns:
+            if key in g and g[key].notna().any():
+                v = g[key].dropna().astype(float)
+                cells.append(((g["method_display"].iloc[0], str(token), str(label)), col, float(v.mean()),
+                               float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    return _build(name, title, cells, ["method", "token", x if x != "n_concepts" else "K"])
 
 
-def _by_table(rows: Sequence[Row], name: str, title: str, x: str, x_label: str,
-              columns: Sequence[tuple[str, str]]) -> Table:
-    """One row per (method, token, value of `x`), one column per (label, metric key)."""
-    t = Table(name, title, ["method", "token", x_label], [c for c, _ in columns])
-    for (method, token), series in _series(rows, x).items():
-        for r in series:
-            t.rows.append(([_display(method), str(token), str(r[x])], [value(r, key) for _, key in columns]))
-    return t
+def _varies(runs: pd.DataFrame, key: str) -> bool:
+    return key in runs and runs[key].dropna().nunique() > 1
 
 
-def _series(rows: Sequence[Row], x: str) -> dict[tuple[str, Any], list[Row]]:
-    """Rows per (method, token), one per value of `x` (representative when several), sorted by x."""
-    out: dict[tuple[str, Any], list[Row]] = {}
-    for method in ordered((r["method"] for r in rows), METHOD_ORDER):
-        for token in ordered(r["token"] for r in rows):
-            group = _by(rows, method=method, token=token)
-            xs = sorted({r[x] for r in group if r.get(x) is not None})
-            if xs:
-                out[(method, token)] = [representative(_by(group, **{x: v})) for v in xs]  # type: ignore[misc]
-    return out
-
-
-def _varies(rows: Sequence[Row], key: str) -> bool:
-    return len({r.get(key) for r in rows if r.get(key) is not None}) > 1
-
-
-def tables(rows: Sequence[Row]) -> list[Table]:
-    """Every table of a sweep: the paper's three, plus by-layer / by-K when the sweep varies them."""
-    out = [table1(rows), overlap_table(rows), recovery_table(rows)]
-    if _varies(rows, "layer"):
-        out.append(layer_table(rows))
-    if _varies(rows, "n_concepts"):
-        out.append(k_table(rows))
+def tables(sweep: Sweep) -> list[Table]:
+    runs = sweep.runs
+    out = [table1(runs), paired_table(runs, sweep.test_scores), overlap_table(runs), recovery_table(runs)]
+    if _varies(runs, "layer"):
+        out.append(by_table(runs.sort_values("layer", na_position="last"), "layer", "layers",
+                            "By layer (lens readability: share of samples whose logit-lens top-1 / top-10 is t)",
+                            LAYER_COLUMNS))
+    if _varies(runs, "n_concepts"):
+        out.append(by_table(runs.sort_values("n_concepts"), "n_concepts", "k", "By dictionary size K", K_COLUMNS))
     return out
 
 
 # --- rendering (pure) ---------------------------------------------------------------------------------------
 def to_markdown(t: Table) -> str:
-    header = t.label_columns + t.value_columns
-    lines = [f"## {t.title}", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    for labels, values in t.rows:
-        lines.append("| " + " | ".join(labels + [fmt(v) for v in values]) + " |")
-    if not t.rows:
-        lines.append("| " + " | ".join([DASH] * len(header)) + " |")
-    if t.note:
-        lines += ["", t.note]
-    return "\n".join(lines) + "\n"
+    body = t.frame.reset_index().to_markdown(index=False, disable_numparse=True) if not t.frame.empty else f"| {DASH} |\n| --- |"
+    return f"## {t.title}\n\n{body}\n" + (f"\n{t.note}\n" if t.note else "")
 
 
 def report_markdown(sweep_name: str, all_tables: Sequence[Table], n_rows: int, unfinished: Sequence[str]) -> str:
@@ -416,117 +416,94 @@ def report_markdown(sweep_name: str, all_tables: Sequence[Table], n_rows: int, u
     return "\n".join(head) + "\n" + "\n".join(to_markdown(t) for t in all_tables)
 
 
-def csv_records(all_tables: Sequence[Table]) -> list[dict[str, Any]]:
-    """Every cell: table, row (labels joined by ' / '), column, mean, std (empty when missing)."""
-    out = []
-    for t in all_tables:
-        for labels, values in t.rows:
-            for column, (mean, std) in zip(t.value_columns, values):
-                out.append({"table": t.name, "row": " / ".join(labels), "column": column,
-                            "mean": "" if mean is None else mean, "std": "" if std is None else std})
-    return out
+def csv_records(all_tables: Sequence[Table]) -> pd.DataFrame:
+    """Every cell of every table: table, row, column, mean, std."""
+    frames = [t.values.assign(table=t.name) for t in all_tables if not t.values.empty]
+    if not frames:
+        return pd.DataFrame(columns=["table", "row", "column", "mean", "std"])
+    return pd.concat(frames)[["table", "row", "column", "mean", "std"]]
 
 
-def to_csv(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(records)
-    return buf.getvalue()
-
-
-def runs_columns(rows: Sequence[Row]) -> list[str]:
-    metrics = sorted({k for r in rows for k in r} - set(ID_KEYS))
-    return list(ID_KEYS) + metrics
+def runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    ids = [k for k in ID_KEYS if k in runs]
+    return runs[ids + sorted(c for c in runs.columns if c not in ids)]
 
 
 # --- figures (pure: they return matplotlib Figures) --------------------------------------------------------
-def _pyplot():
-    import matplotlib
+def _figure(*args, **kwargs):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(*args, **kwargs)
 
 
-def layer_figure(rows: Sequence[Row]):
-    """Grounding CS by layer with the random-words line (paper Fig. 5), and recovery by layer."""
-    series = _series(rows, "layer")
-    has = lambda key: any(r.get(key) is not None for s in series.values() for r in s)  # noqa: E731
-    if not _varies(rows, "layer") or not (has("grounding_cs_mean") or has("recovery_matched")):
+def layer_figure(runs: pd.DataFrame):
+    """Grounding CS by layer with the random-words line (paper Fig. 5) and the lens readability; recovery
+    by layer against the prefix-only control and the random dictionary."""
+    if not _varies(runs, "layer") or not {"grounding_cs_mean", "recovery_matched"} & set(runs.columns):
         return None
-    plt = _pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for (method, token), s in series.items():
-        xs = [r["layer"] for r in s]
-        name = f"{_display(method)}, {token}"
-        _line(a, xs, [r.get("grounding_cs_mean") for r in s], f"{name}: grounded words", "-o")
-        _line(a, xs, [r.get("grounding_cs_random_mean") for r in s], f"{name}: random words", "--")
-        _line(b, xs, [r.get("recovery_matched") for r in s], f"{name}: matched", "-o")
-        _line(b, xs, [r.get("grounding_accuracy") for r in s], f"{name}: grounding acc.", "-s")
-        _line(b, xs, [r.get("recovery_matched_random") for r in s], f"{name}: matched, random dict.", "--")
+    fig = _figure(figsize=(12, 4.2), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    r = a.twinx()
+    for (method, token), g in runs.dropna(subset=["layer"]).groupby(["method_display", "token"], sort=False):
+        g = g.groupby("layer").mean(numeric_only=True).reset_index()
+        name = f"{method}, {token}"
+        _line(a, g, "grounding_cs_mean", f"{name}: grounded words", "-o")
+        _line(a, g, "grounding_cs_random_mean", f"{name}: random words", "--")
+        _line(r, g, "lens_top10_t", f"{name}: lens top-10 ∋ t (right)", ":", colour="grey")
+        _line(b, g, "recovery_matched", f"{name}: matched", "-o")
+        _line(b, g, "recovery_matched_prefix_only", f"{name}: prefix-only", "-s")
+        _line(b, g, "recovery_matched_random", f"{name}: random dict.", "--")
     a.set(xlabel="layer", ylabel="CLIPScore (concept's top samples vs words)", title="Grounding by layer")
-    b.set(xlabel="layer", ylabel="score", title="Ground-truth recovery by layer")
+    r.set(ylabel="share of samples", ylim=(0, 1.05))
+    b.set(xlabel="layer", ylabel="matched AUROC", title="Ground-truth recovery by layer")
     b.axhline(0.5, color="grey", lw=0.8, ls=":")
-    from matplotlib.ticker import MaxNLocator
-
+    lines = a.get_legend_handles_labels()
+    extra = r.get_legend_handles_labels()
+    a.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7)
+    b.legend(fontsize=7)
     for ax in (a, b):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
-def k_figure(rows: Sequence[Row]):
-    """Relative reconstruction error against K, one line per (method, token)."""
-    series = _series(rows, "n_concepts")
-    if not _varies(rows, "n_concepts"):
+def k_figure(runs: pd.DataFrame):
+    if not _varies(runs, "n_concepts") or "recon_rel_error_train" not in runs:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    drawn = False
-    for (method, token), s in series.items():
-        xs = [r["n_concepts"] for r in s]
-        drawn |= _line(ax, xs, [_num(r.get("recon_rel_error_test")) for r in s], f"{_display(method)}, {token}: test", "-o")
-        drawn |= _line(ax, xs, [_num(r.get("recon_rel_error_train")) for r in s], f"{_display(method)}, {token}: train", "--")
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set(xlabel="K (concepts)", ylabel="relative reconstruction error ‖Z − VU‖ / ‖Z‖", title="Reconstruction vs K")
+    fig = _figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.subplots()
+    for (method, token), g in runs.groupby(["method_display", "token"], sort=False):
+        g = g.groupby("n_concepts").mean(numeric_only=True).reset_index()
+        g = g.rename(columns={"n_concepts": "layer"})  # _line plots against "layer"
+        _line(ax, g, "recon_rel_error_test", f"{method}, {token}: test", "-o")
+        _line(ax, g, "recon_rel_error_train", f"{method}, {token}: train", "--")
+    ax.set(xlabel="K (concepts)", ylabel="relative reconstruction error ‖Z − VU‖² / ‖Z‖²", title="Reconstruction vs K")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
-def scatter_figure(points: Sequence[Row]):
+def scatter_figure(points: pd.DataFrame):
     """Per concept: CS of its grounded words (y) against random words (x), one colour per method."""
-    pts = [p for p in points if _num(p.get("cs")) is not None and _num(p.get("cs_random")) is not None]
-    if not pts:
+    if points.empty or not {"cs", "cs_random"} <= set(points.columns):
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for method in ordered((p["method"] for p in pts), METHOD_ORDER):
-        mine = [p for p in pts if p["method"] == method]
-        above = sum(_num(p["cs"]) > _num(p["cs_random"]) for p in mine)  # type: ignore[operator]
-        ax.scatter([_num(p["cs_random"]) for p in mine], [_num(p["cs"]) for p in mine], s=12, alpha=0.7,
-                   label=f"{_display(method)} ({above}/{len(mine)} above the diagonal)")
-    lo = min(min(_num(p["cs"]), _num(p["cs_random"])) for p in pts)  # type: ignore[type-var]
-    hi = max(max(_num(p["cs"]), _num(p["cs_random"])) for p in pts)  # type: ignore[type-var]
+    pts = points.dropna(subset=["cs", "cs_random"])
+    fig = _figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
+    for method, g in pts.groupby("method_display", sort=False):
+        above = int((g["cs"] > g["cs_random"]).sum())
+        ax.scatter(g["cs_random"], g["cs"], s=12, alpha=0.7, label=f"{method} ({above}/{len(g)} above the diagonal)")
+    lo, hi = float(pts[["cs", "cs_random"]].min().min()), float(pts[["cs", "cs_random"]].max().max())
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
     ax.set(xlabel="CS, random words", ylabel="CS, concept's words", title="Grounding quality per concept")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
-def _line(ax, xs: Sequence[Any], ys: Sequence[Any], label: str, style: str) -> bool:
-    pts = [(x, _num(y)) for x, y in zip(xs, ys) if _num(y) is not None]
-    if not pts:
+def _line(ax, g: pd.DataFrame, key: str, label: str, style: str, colour: str | None = None) -> bool:
+    if key not in g or g[key].isna().all():
         return False
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, ms=3)
+    d = g.dropna(subset=[key])
+    ax.plot(d["layer"], d[key], style, label=label, ms=3, color=colour)
     return True
 
 
@@ -535,23 +512,16 @@ def write_report(sweep_dir: str | Path, sweep: Sweep | None = None, figures: boo
     """Write a sweep's tables, runs and figures into its dir (read it unless given); returns the files."""
     root = Path(sweep_dir)
     sweep = sweep if sweep is not None else read_sweep(root)
-    all_tables = tables(sweep.rows)
-    written = {
-        root / "tables.md": report_markdown(root.name, all_tables, len(sweep.rows), sweep.unfinished),
-        root / "tables.csv": to_csv(csv_records(all_tables), ["table", "row", "column", "mean", "std"]),
-        root / "runs.csv": to_csv(sweep.rows, runs_columns(sweep.rows)),
-    }
-    for path, text in written.items():
-        path.write_text(text)
-    paths = list(written)
+    all_tables = tables(sweep)
+    (root / "tables.md").write_text(report_markdown(root.name, all_tables, len(sweep.runs), sweep.unfinished))
+    csv_records(all_tables).to_csv(root / "tables.csv", index=False)
+    runs_frame(sweep.runs).to_csv(root / "runs.csv", index=False)
+    paths = [root / "tables.md", root / "tables.csv", root / "runs.csv"]
     if figures:
-        plt = None
-        for name, fig in (("layer_ablation.png", layer_figure(sweep.rows)), ("recon_vs_k.png", k_figure(sweep.rows)),
+        for name, fig in (("layer_ablation.png", layer_figure(sweep.runs)), ("recon_vs_k.png", k_figure(sweep.runs)),
                           ("grounding_scatter.png", scatter_figure(sweep.points))):
             if fig is not None:
                 fig.savefig(root / name, dpi=120)
-                plt = plt or _pyplot()
-                plt.close(fig)
                 paths.append(root / name)
     return paths
 
@@ -568,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "outputs/multirun/paper_table1.", file=sys.stderr)
             return 2
         sweep = read_sweep(root)
-        if not sweep.rows:
+        if sweep.runs.empty:
             print(f"coxlmm-tables: error: no finished job under {d!r} (a job dir holds metrics.json and "
                   f".hydra/config.yaml; {len(sweep.unfinished)} job dirs without metrics.json).", file=sys.stderr)
             return 2
