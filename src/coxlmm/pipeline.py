@@ -144,6 +144,15 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train: Features, test: Featu
     save_file({k: v.contiguous() for k, v in dictionary.state_tensors().items()}, str(out_dir / "dictionary.safetensors"),
               metadata={"config": json.dumps(dictionary.config())})
     figures = _figures(cfg, concepts, train.dataset, ctx, out_dir)
+    # --- concept browser (issue 13): report.json + thumbs/ + report.html; the lead ports this call ---
+    if cfg.get("report", True):
+        from coxlmm.report.browser import write_run_report
+        write_run_report(
+            out_dir, concepts=concepts, V_train=V_train, V_test=V_test,
+            train=[{**r, "captions": train.dataset.records[r["index"]].captions} for r in train_recs],
+            test=[{**r, "captions": test.dataset.records[r["index"]].captions} for r in test_recs],
+            lens=lmm, n_top=g.n_top, n_words=g.n_words, metrics=metrics, artifacts=ctx.artifacts,
+            image=lambda split, i: (train if split == "train" else test).dataset[i].image)
     return LayerResult(layer, out_dir, concepts, metrics, figures, ctx.train_indices)
 
 

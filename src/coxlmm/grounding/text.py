@@ -161,6 +161,53 @@ def filter_words(
     return words
 
 
+KEPT = "kept"
+DROP_REASONS = ("special token", "subword", "non-alpha", "too short", "stopword", "duplicate",
+                "not in vocabulary", "over n_words")
+
+
+def filter_reasons(
+    pieces: Iterable[str],
+    n_words: int = 10,
+    *,
+    vocabulary: frozenset[str] | set[str] | None = None,
+    stop: frozenset[str] | set[str] | None = None,
+    min_len: int = 3,
+    plurals: bool = True,
+) -> list[str]:
+    """Why `filter_words` (same arguments) keeps or drops each piece: one of `KEPT` or
+    `DROP_REASONS` per piece, in order. The pieces marked `KEPT`, stripped and case-folded, are
+    exactly `filter_words`' output; "" pieces (special or unknown ids) are "special token"."""
+    vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
+    stop = stopwords() if stop is None else stop
+    reasons: list[str] = []
+    seen: set[str] = set()
+    for piece in pieces:
+        text = _strip_piece(piece)
+        word = text.casefold()
+        if len(seen) >= n_words:
+            reason = "over n_words"
+        elif not piece:
+            reason = "special token"
+        elif not starts_word(piece):
+            reason = "subword"
+        elif not (text.isascii() and text.isalpha()):
+            reason = "non-alpha"
+        elif len(word) < min_len:
+            reason = "too short"
+        elif word in stop:
+            reason = "stopword"
+        elif word in seen:
+            reason = "duplicate"
+        elif not _in_vocabulary(word, vocabulary, plurals):
+            reason = "not in vocabulary"
+        else:
+            reason = KEPT
+            seen.add(word)
+        reasons.append(reason)
+    return reasons
+
+
 # --- tokens -> pieces (tokenizer) -----------------------------------------------------------------
 
 def word_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
