@@ -136,6 +136,12 @@ def test_inline_html_carries_its_thumbnails(toy):
     assert html.count('"thumbs/') >= n and "data:image/jpeg;base64," in html and 'id="coxlmm-images"' in html
 
 
+def test_inline_html_goes_into_wandb_html_unchanged(toy):
+    wandb = pytest.importorskip("wandb")
+    html = inline_report_html(toy[0].parent)
+    assert wandb.Html(html, inject=False, data_is_not_path=True).html == html
+
+
 def test_a_script_end_tag_in_a_caption_cannot_break_the_page(tmp_path):
     kw = toy_run()
     kw["test"][0]["caption"] = "</script><script>alert(1)</script>"  # the local section shows test[0]

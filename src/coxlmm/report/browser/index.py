@@ -127,6 +127,8 @@ def write_sweep_index(sweep_dir: Path, *, jobs: list[dict], tables_md: str | Non
     parts.append(f'<section id="jobs"><h2>Jobs</h2><p class="muted">Click a job for its concept browser, a column '
                  f'header to sort.</p><table class="grid" id="jobs-table"><thead><tr>{head}</tr></thead><tbody>'
                  + "".join(_job_row(j, columns) for j in jobs) + "</tbody></table></section>")
+    if tables_md:  # its own "# Sweep ..." title is the page's
+        tables_md = re.sub(r"\A\s*# [^\n]*\n", "", tables_md)
     parts.append('<section id="tables"><h2>Tables</h2>' + (markdown_html(tables_md) if tables_md else
                                                            '<p class="muted">no tables.md</p>') + "</section>")
     figs = "".join(f'<figure><img src="{html.escape(Path(os.path.relpath(f, sweep_dir)).as_posix())}" '

@@ -36,6 +36,7 @@
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
     return x.toFixed(digits === undefined ? 3 : digits).replace(/\.?0+$/, "") || "0";
   }
+  function sig(x) { return x === null || x === undefined ? "–" : String(Number(x.toPrecision(3))); }
   function pct(x) { return x === null || x === undefined ? "–" : (100 * x).toFixed(x < 0.01 ? 2 : 1) + "%"; }
   function recoveryBest(c) {
     var best = null;
@@ -58,7 +59,7 @@
       ]),
     ]);
   }
-  function activationLabel(s) { return fmt(s.value) + " (" + fmt(s.ratio, 2) + ")"; }
+  function activationLabel(s) { return sig(s.value) + " (" + fmt(s.ratio, 2) + ")"; }
 
   // --- histogram of non-zero activations, train and test ---
   function histogram(c) {
@@ -135,7 +136,7 @@
     if (c.activations.length) out.push(el("h3", {text: "across the range: equal-count bins of v_k > 0, highest first (caption on hover)"}));
     c.activations.forEach(function (b) {
       out.push(el("div", {cls: "binrow"}, [
-        el("div", {cls: "bin", text: "[" + fmt(b.bin_min) + ", " + fmt(b.bin_max) + "] " + pct(b.bin_contains) + " of train"}),
+        el("div", {cls: "bin", text: "[" + sig(b.bin_min) + ", " + sig(b.bin_max) + "] " + pct(b.bin_contains) + " of train"}),
         el("div", {cls: "strip"}, b.examples.map(function (s) { return figure(s, activationLabel(s), true); })),
       ]));
     });
