@@ -284,8 +284,8 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed_with_its_config(cli_setup
 
     tmp, args = cli_setup
     run = tmp / "failed"
-    out = coxlmm(*[a for a in args if a != "logger=none"], "logger=wandb", "token=zebra", "extraction.require_gt=false",
-                 f"hydra.run.dir={run}")
+    out = coxlmm(*[a for a in args if a not in ("logger=none", "report=false")], "logger=wandb", "token=zebra",
+                 "extraction.require_gt=false", f"hydra.run.dir={run}")
     assert out.returncode == 2 and "no sample selected for token 'zebra'" in out.stderr
     (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
     recs = read_offline_run(run_file)
@@ -294,6 +294,7 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed_with_its_config(cli_setup
     summary = {u.key: u.value_json for r in recs if r.WhichOneof("record_type") == "summary" for u in r.summary.update}
     assert exit_code == [1] and config["token"] == '"zebra"'
     assert summary["coxlmm/status"] == '"failed"' and "zebra" in summary["coxlmm/error"]
+    assert "no sample selected for token" in (run / "report.html").read_text()  # the failed run's page
 
 
 def test_dead_concepts_are_reported_with_the_numbers_and_a_working_alpha():

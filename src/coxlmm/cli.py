@@ -43,15 +43,32 @@ def _app(cfg: DictConfig) -> float | None:
         metrics = run(cfg, job)
     except CoxlmmError as e:
         job.finish("failed", str(e))
+        failed_page(cfg, str(e))
         log.error("%s", e)
         print(f"\ncoxlmm: error: {e}", file=sys.stderr)
         sys.exit(2)
     except BaseException as e:  # a crash or Ctrl-C: the W&B run says so, then the error goes on
         job.finish("failed", f"{type(e).__name__}: {e}")
+        failed_page(cfg, f"{type(e).__name__}: {e}")
         raise
     job.finish("success")
     # A scalar for Hydra sweepers (optimisers) that minimise a job's return value.
     return None if not metrics else metrics.get("recon_rel_error_test", metrics.get("recon_rel_error_train"))
+
+
+def failed_page(cfg: DictConfig, error: str) -> None:
+    """The run dir of a failed job still gets a report.html saying what is missing (never raises)."""
+    from pathlib import Path
+
+    try:
+        if not cfg.report:
+            return
+        from coxlmm.report.browser import write_failed_report
+
+        out = Path(cfg.paths.output_dir)
+        write_failed_report(out, error, [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()])
+    except Exception as e:  # noqa: BLE001 - the page is a courtesy; the error itself is what matters
+        log.warning("no failed-run page (%s)", e)
 
 
 def main() -> None:

@@ -231,6 +231,8 @@ def analyse_layer(cfg: DictConfig, layer: int, num_layers: int, train: Features,
             (out_dir / f"{name}.json").write_text(json.dumps(art, indent=1, default=_json_default))
     if cfg.figures:
         figures |= _figures(cfg, concepts, dictionary, inp, out_dir)
+    if cfg.report:
+        _report(out_dir, inp, keep, scores, artifacts)
     return LayerResult(layer, layer_name(layer, num_layers), out_dir, concepts, dictionary, scores, artifacts,
                        figures, train.records, train.dataset, note)
 
@@ -240,6 +242,29 @@ def save_dictionary(dictionary, path: Path) -> None:
 
     save_file({k: v.contiguous() for k, v in dictionary.state_tensors().items()}, str(path),
               metadata={"config": json.dumps(dictionary.config())})
+
+
+def _report(out_dir: Path, inp: EvalInput, keep: set[str], scores: dict[str, float], artifacts: dict) -> None:
+    """The concept browser's report.json + report.html (report/browser); a failure only warns."""
+    from coxlmm.report.browser import write_run_report
+
+    def rows(split: Split | None) -> list[dict]:
+        return [] if split is None else [{**r, "captions": c} for r, c in zip(split.records, split.references)]
+
+    def image(split: str, index: int):
+        return (inp.train if split == "train" else inp.test).dataset[index].image
+
+    t0 = time.perf_counter()
+    try:
+        write_run_report(out_dir, concepts=inp.concepts, V_train=inp.train.V,
+                         V_test=inp.test.V if inp.test is not None else None, train=rows(inp.train),
+                         test=rows(inp.test), lens=inp.services.lens, n_top=inp.n_top, n_words=inp.n_words,
+                         keep_words=keep, metrics=scores, artifacts=artifacts, image=image)
+    except Exception as e:  # noqa: BLE001 - the report is a view: it must never lose the run's results
+        log.warning("the concept browser's report could not be written (%s: %s); the run's files are unaffected",
+                    type(e).__name__, e)
+        return
+    log.info("report.html written in %s", duration(time.perf_counter() - t0))
 
 
 def _json_default(x):

@@ -151,8 +151,13 @@ def test_unfinished_jobs_are_listed_and_empty_sweeps_fail(tmp_path: Path, capsys
     make_job(root, "0_a", method="pca", token="star", metrics={"overlap": 0.0})
     (root / "1_b" / ".hydra").mkdir(parents=True)
     (root / "1_b" / ".hydra" / "config.yaml").write_text("token: star\n")
+    (root / "2_c" / ".hydra").mkdir(parents=True)
+    (root / "2_c" / ".hydra" / "config.yaml").write_text("token: star\n")
+    (root / "2_c" / "cli.log").write_text("[2026-12-01 10:00:00,000][coxlmm][ERROR] - no sample selected for 'star'\n")
     assert main([str(root), "--no-figures"]) == 0
-    assert "Jobs without metrics.json (failed or unfinished): 1_b" in (root / "tables.md").read_text()
+    assert "Jobs without metrics.json (failed or unfinished): 1_b, 2_c" in (root / "tables.md").read_text()
+    index = (root / "index.html").read_text()
+    assert "1_b" in index and "unfinished" in index and "no sample selected for &#x27;star&#x27;" in index
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty)]) == 2

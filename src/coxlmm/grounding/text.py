@@ -127,6 +127,11 @@ def _in_vocabulary(word: str, vocabulary: frozenset[str] | set[str], plurals: bo
     return len(stem) > 2 and stem in vocabulary
 
 
+KEPT = "kept"
+DROP_REASONS = ("special token", "subword", "non-alpha", "too short", "stopword", "duplicate",
+                "not in vocabulary", "over n_words")
+
+
 def filter_words(
     pieces: Iterable[str],
     n_words: int = 10,
@@ -144,29 +149,56 @@ def filter_words(
     `grounding_vocabulary()` and scikit-learn's stopwords. `keep`: words that are never dropped as
     stopwords nor for missing from the vocabulary (a dataset's declared factor values).
     """
+    pieces = list(pieces)
+    reasons = filter_reasons(pieces, n_words, vocabulary=vocabulary, stop=stop, min_len=min_len, plurals=plurals,
+                             keep=keep)
+    return [_strip_piece(p).casefold() for p, r in zip(pieces, reasons) if r == KEPT]
+
+
+def filter_reasons(
+    pieces: Iterable[str],
+    n_words: int = 10,
+    *,
+    vocabulary: frozenset[str] | set[str] | None = None,
+    stop: frozenset[str] | set[str] | None = None,
+    min_len: int = 3,
+    plurals: bool = True,
+    keep: Iterable[str] = (),
+) -> list[str]:
+    """Why the word filter keeps or drops each piece: one of `KEPT` or `DROP_REASONS` per piece, in
+    order (the one implementation of the rule: `filter_words` returns the pieces marked `KEPT`,
+    stripped and case-folded). "" pieces (special or unknown ids) are "special token"."""
     vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
     stop = stopwords() if stop is None else stop
     keep = {w.casefold() for w in keep}
     if keep:
-        stop = stop - keep
-        vocabulary = vocabulary | keep
-    words: list[str] = []  # ordered; `seen` makes the de-duplication O(1)
+        stop, vocabulary = stop - keep, vocabulary | keep
+    reasons: list[str] = []
     seen: set[str] = set()
     for piece in pieces:
-        if len(words) >= n_words:
-            break
-        if not starts_word(piece):
-            continue
         text = _strip_piece(piece)
-        if not (text.isascii() and text.isalpha()):
-            continue
         word = text.casefold()
-        if len(word) < min_len or word in stop or word in seen:
-            continue
-        if _in_vocabulary(word, vocabulary, plurals):
-            words.append(word)
+        if len(seen) >= n_words:
+            reason = "over n_words"
+        elif not piece:
+            reason = "special token"
+        elif not starts_word(piece):
+            reason = "subword"
+        elif not (text.isascii() and text.isalpha()):
+            reason = "non-alpha"
+        elif len(word) < min_len:
+            reason = "too short"
+        elif word in stop:
+            reason = "stopword"
+        elif word in seen:
+            reason = "duplicate"
+        elif not _in_vocabulary(word, vocabulary, plurals):
+            reason = "not in vocabulary"
+        else:
+            reason = KEPT
             seen.add(word)
-    return words
+        reasons.append(reason)
+    return reasons
 
 
 # --- tokens -> pieces (tokenizer) -----------------------------------------------------------------

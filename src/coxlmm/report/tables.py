@@ -23,7 +23,9 @@ one pandas DataFrame (`runs.csv`); every table is a group-by / pivot of it:
 Methods appear in the order the sweep lists them, under the display name they carry
 (`concepts.json`: extra.method_display, from the method's config). Written into the sweep dir:
 tables.md, tables.csv (every cell, long format: table,row,column,mean,std), runs.csv (every row,
-every metric), layer_ablation.png, recon_vs_k.png, grounding_scatter.png. A missing value shows as "–".
+every metric), layer_ablation.png, recon_vs_k.png, grounding_scatter.png, and index.html (the concept
+browser's sweep page: one row per job, failed ones listed with their error, linking each job's
+report.html). A missing value shows as "–".
 """
 
 from __future__ import annotations
@@ -51,11 +53,23 @@ _JOB_NUM = re.compile(r"^(\d+)_")
 
 # --- reading a sweep (I/O) -------------------------------------------------------------------------------
 @dataclass
+class Job:
+    """One job dir of a sweep, as the sweep index shows it."""
+
+    name: str
+    overrides: str
+    status: str  # ok | failed | unfinished
+    error: str | None
+    report: str | None  # the job's report.html, relative to the sweep dir
+
+
+@dataclass
 class Sweep:
     runs: pd.DataFrame  # one row per (job, layer)
     points: pd.DataFrame  # per-concept grounding points, with job / method / token / layer
     test_scores: dict[tuple[str, Any], dict[str, Any]]  # (job, layer) -> test_scores.json
     unfinished: list[str] = field(default_factory=list)  # job dirs with a config but no metrics.json
+    jobs: list[Job] = field(default_factory=list)
 
 
 def read_sweep(sweep_dir: str | Path) -> Sweep:
@@ -64,8 +78,10 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     points: list[dict[str, Any]] = []
     scores: dict[tuple[str, Any], dict[str, Any]] = {}
     unfinished: list[str] = []
+    jobs: list[Job] = []
     for job_dir in job_dirs(root):
         name = str(job_dir.relative_to(root))
+        jobs.append(job_status(root, job_dir))
         if not (job_dir / "metrics.json").is_file():
             unfinished.append(name)
             continue
@@ -94,7 +110,29 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     for key in ID_KEYS:
         if key not in runs:
             runs[key] = None
-    return Sweep(runs, pd.DataFrame(points), scores, unfinished)
+    return Sweep(runs, pd.DataFrame(points), scores, unfinished, jobs)
+
+
+def job_status(root: Path, job_dir: Path) -> Job:
+    """ok (metrics.json), failed (its Hydra log holds an ERROR line: the error) or unfinished."""
+    overrides = _load_yaml_list(job_dir / ".hydra" / "overrides.yaml")
+    report = job_dir / "report.html"
+    rel = str(report.relative_to(root)) if report.is_file() else None
+    if (job_dir / "metrics.json").is_file():
+        return Job(str(job_dir.relative_to(root)), ",".join(overrides), "ok", None, rel)
+    errors = [line.split("][ERROR] - ", 1)[1] for log in job_dir.glob("*.log")
+              for line in log.read_text(errors="replace").splitlines() if "][ERROR] - " in line]
+    return Job(str(job_dir.relative_to(root)), ",".join(overrides), "failed" if errors else "unfinished",
+               errors[-1] if errors else None, rel)
+
+
+def _load_yaml_list(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return [str(x) for x in data] if isinstance(data, list) else []
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -523,7 +561,27 @@ def write_report(sweep_dir: str | Path, sweep: Sweep | None = None, figures: boo
             if fig is not None:
                 fig.savefig(root / name, dpi=120)
                 paths.append(root / name)
+    paths.append(write_index(root, sweep, [p for p in paths if p.suffix == ".png"]))
     return paths
+
+
+def write_index(root: Path, sweep: Sweep, figures: list[Path]) -> Path:
+    """The sweep's index.html (report/browser): jobs with their key metrics and links, tables, figures."""
+    from coxlmm.report.browser import write_sweep_index
+
+    by_job = {r["job"]: r for r in sweep.runs.to_dict("records")} if not sweep.runs.empty else {}
+    keys = ("cs_top1_mean", "bs_top1_mean", "overlap", "recovery_matched", "sparsity_l0_test", "recon_rel_error_test")
+    jobs = [{"job": j.name, "overrides": j.overrides, "status": j.status, "error": j.error, "report": j.report,
+             "metrics": {k: by_job[j.name][k] for k in keys if j.name in by_job and _finite(by_job[j.name].get(k))}}
+            for j in sweep.jobs]
+    return write_sweep_index(root, jobs=jobs, tables_md=(root / "tables.md").read_text(), figures=figures)
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
