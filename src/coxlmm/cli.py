@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from coxlmm.config import register_configs
 from coxlmm.errors import CoxlmmError
-from coxlmm.paths import CONF_DIR
+from coxlmm.paths import CONF_PACKAGE
 
 log = logging.getLogger("coxlmm")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_PACKAGE, config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     import lightning.pytorch  # noqa: F401 - imported first so the level set below sticks
 

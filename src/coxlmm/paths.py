@@ -1,13 +1,18 @@
 """Where coxlmm's own files live, and where a run writes by default.
 
-Everything a run writes goes under the current directory (`outputs/`), never into the package.
+The configs are the package `coxlmm.conf` (the repository's conf/, linked into the package), composed
+as pkg://coxlmm.conf, so `coxlmm` runs from any directory once installed. Everything a run writes goes
+under the current directory (`outputs/`), never into the package.
 """
 
 from pathlib import Path
 
+import coxlmm.conf
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+REPO_ROOT = PACKAGE_DIR.parents[1]  # the checkout, for an editable install (tests, benches)
+CONF_DIR = Path(coxlmm.conf.__file__).resolve().parent
+CONF_PACKAGE = "pkg://coxlmm.conf"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
 
 

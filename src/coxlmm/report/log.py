@@ -216,6 +216,11 @@ class JobLog:
                                      data=[[_cell(row.get(c)) for c in cols] for row in art])
                 for name, path in res.figures.items():
                     lg.log_image(key=f"{prefix}{name}", images=[str(path)])
+                if (res.out_dir / "report.html").is_file():  # the concept browser, assets inlined
+                    from coxlmm.report.browser import inline_report_html
+
+                    lg.experiment.log({f"{prefix}report": wandb.Html(inline_report_html(res.out_dir), inject=False,
+                                                                       data_is_not_path=True)})
                 artifact = wandb.Artifact(f"dictionary-{lg.experiment.id}-{res.name}", type="dictionary",
                                           metadata={"method": res.concepts.method, "layer": res.name,
                                                     "token": res.concepts.token})

@@ -1,0 +1,66 @@
+"""PCA baseline: concepts are the top-K principal directions, activations signed projections.
+
+    mean (B,) the mean of Z (M, B) over the training rows
+    U (K, B)  the top-K right singular vectors of Z − mean: orthonormal rows, unit norm
+    V (M, K)  (Z − mean) Uᵀ, signed (PCA makes no non-negativity promise)
+    Z_hat     V U + mean
+
+Deterministic: the seed only completes the basis when K exceeds the rank of the centred Z.
+Signs follow scikit-learn's `svd_flip` (see `base.svd_top`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from coxlmm.concepts.base import COMPUTE_DTYPE, Dictionary, random_unit_rows, svd_top
+from coxlmm.concepts.registry import register
+from coxlmm.errors import CoxlmmError
+
+
+@register("pca")
+class PCA(Dictionary):
+    """PCA: U = principal directions (unit norm), V = signed projections of the centred Z."""
+
+    nonnegative = False
+    _state_names = ("U", "mean")
+
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu") -> None:
+        super().__init__(n_concepts, seed, device)
+        self.mean: torch.Tensor | None = None  # (B,)
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K, B = self.n_concepts, Z.shape[1]
+        if K > B:
+            raise CoxlmmError(
+                f"pca: n_concepts={K} exceeds the feature dimension B={B}; PCA has at most B "
+                f"orthogonal directions. Use n_concepts <= {B}."
+            )
+        mean = Z.mean(0)
+        Zc = Z - mean
+        _, _, U = svd_top(Zc, K)
+        if len(U) < K:  # beyond the rank of Zc: any orthonormal completion is as good
+            U = _complete_orthonormal(U, K, torch.Generator().manual_seed(self.seed))
+        self.mean = mean.to("cpu", torch.float32)
+        return U, Zc @ U.T
+
+    def _encode(self, Z: torch.Tensor) -> torch.Tensor:
+        U = self.U.to(Z.device, Z.dtype)
+        return (Z - self.mean.to(Z.device, Z.dtype)) @ U.T
+
+    def _decode(self, V: torch.Tensor) -> torch.Tensor:
+        return V @ self.U.to(COMPUTE_DTYPE) + self.mean.to(COMPUTE_DTYPE)
+
+
+def _complete_orthonormal(R: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tensor:
+    """(K, B) orthonormal rows: R (r, B) followed by random directions orthogonal to it."""
+    extra = random_unit_rows(K - len(R), R.shape[1], gen).to(R.device, R.dtype)
+    Q, _ = torch.linalg.qr(torch.cat([R, extra]).T)  # keeps span(R) in the first r columns
+    Q = Q.T
+    Q[: len(R)] = R  # exactly R, not R up to signs
+    return Q

@@ -1,0 +1,49 @@
+"""Random-dictionary baseline: K random unit directions, encoded like Semi-NMF.
+
+    U (K, B)  K directions drawn from the seed (isotropic Gaussian, normalised), independent of
+              the data except for its dimension B
+    V (M, K)  activation="lasso" (default): the non-negative lasso of Semi-NMF with U fixed,
+              argmin_{V>=0} ½‖Z − V U‖² + α‖V‖₁; activation="relu": max(0, Z Uᵀ)
+
+It answers "how much of a metric does any dictionary get?": the evaluation compares the learnt
+dictionaries against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from coxlmm.concepts.base import Dictionary, check_choice, check_number, random_unit_rows
+from coxlmm.concepts.lasso import nonneg_lasso
+from coxlmm.concepts.registry import register
+
+
+@register("random_dict")
+class RandomDictionary(Dictionary):
+    """K random unit directions; non-negative lasso (or ReLU'd projection) activations."""
+
+    nonnegative = True
+
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu",
+                 activation: str = "lasso", alpha: float = 1.0) -> None:
+        super().__init__(n_concepts, seed, device)
+        self.activation = check_choice("random_dict", "activation", activation, ("lasso", "relu"))
+        self.alpha = float(check_number("random_dict", "alpha", alpha))
+
+    def params(self) -> dict[str, Any]:
+        return {"activation": self.activation, "alpha": self.alpha}
+
+    def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        U = random_unit_rows(self.n_concepts, Z.shape[1], gen).to(Z.device, Z.dtype)
+        return U, self._activations(Z, U)
+
+    def _encode(self, Z: torch.Tensor) -> torch.Tensor:
+        return self._activations(Z, self.U.to(Z.device, Z.dtype))
+
+    def _activations(self, Z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        if self.activation == "relu":
+            return (Z @ U.T).clamp_min(0)
+        return nonneg_lasso(Z, U, self.alpha)

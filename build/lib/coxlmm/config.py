@@ -1,0 +1,140 @@
+"""Structured config schema: a typo in a key fails at composition with Hydra's own error.
+
+Groups (`model`, `data`, `method`, `metrics`, `scorer`, `logger`, `trainer`) hold `_target_` objects
+and are typed `Any` here; their keys are still checked, because Hydra puts the whole config in struct
+mode.
+
+Placement lives in one place, the `trainer` group (conf/trainer/{cpu,gpu,ddp}.yaml, a
+`lightning.pytorch.Trainer`): the model stages run on its devices, and the top-level `device` (where
+dictionaries are fitted and scorers run) defaults to the trainer's accelerator through the
+`${device_of:...}` resolver registered here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from coxlmm.errors import CoxlmmError
+
+
+@dataclass
+class ExtractionConfig:
+    batch_size: int = 32
+    max_new_tokens: int = 50
+    layers: str = "all"  # all | requested — "all" lets every layer sweep share one extraction
+    store_dtype: str = "float32"  # float32 | float16 | bfloat16
+    require_gt: bool = True
+    max_samples_train: Optional[int] = None
+    max_samples_test: Optional[int] = None
+    num_workers: int = 0
+    progress_every_s: float = 30.0  # a progress line (done/total, rate, ETA) this often in a log without a TTY
+
+
+@dataclass
+class NoiseConfig:
+    """The position-matched noise source (Noise-Imgs baseline, prefix-only control): each selected
+    sample's own caption prefix, teacher-forced after a noise image, read at the position that predicts t."""
+
+    images: str = "noise"  # noise | real (the sample's own image: a check that equals the extraction)
+    seed: int = 0  # fixed, not the job's seed: one source per (model, data, token, prompt) for every job
+
+
+@dataclass
+class GroundingConfig:
+    n_top: int = 50  # top tokens of W_U · norm(u_k) considered
+    n_words: int = 10  # words kept per concept (T_k)
+    n_mas: int = 5  # most activating samples per concept (X_k,MAS)
+    n_local: int = 4  # test samples shown in the local-interpretation figure
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "${hydra:runtime.cwd}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+    cache_dir: str = "${paths.root_dir}/outputs/cache"
+
+
+@dataclass
+class Config:
+    token: str = "circle"
+    layers: list[Any] = field(default_factory=lambda: [-1])  # ints (negative from the end) or "norm"
+    seed: int = 0
+    device: str = "${device_of:${trainer.accelerator}}"  # dictionaries and scorers: cpu | cuda
+    train_split: str = "train"
+    test_split: str = "test"
+    model: Any = MISSING
+    data: Any = MISSING
+    method: Any = MISSING
+    metrics: Any = field(default_factory=dict)
+    scorer: Any = None
+    logger: Any = field(default_factory=dict)
+    trainer: Any = MISSING
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    figures: bool = True
+    report: bool = True
+    print_summary: bool = True
+
+
+def device_of(accelerator: Any) -> str:
+    """The torch device of a Lightning accelerator name: cpu -> cpu; gpu/cuda -> cuda; auto -> cuda if present."""
+    acc = str(accelerator).lower()
+    if acc in ("gpu", "cuda"):
+        return "cuda"
+    if acc == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("device_of"):
+        OmegaConf.register_new_resolver("device_of", device_of)
+
+
+def build(node, **kwargs):
+    """`hydra.utils.instantiate`, re-raising our own user-facing errors unwrapped."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, CoxlmmError):
+            cause = cause.__cause__
+        raise (cause or e)
+
+
+def check_extraction(e: Any) -> None:
+    """Bad extraction settings get one clear paragraph, before any model is loaded."""
+    def bad(key: str, value: Any, want: str) -> CoxlmmError:
+        return CoxlmmError(f"extraction.{key}={value!r} is invalid: {want}.")
+
+    if not isinstance(e.batch_size, int) or e.batch_size < 1:
+        raise bad("batch_size", e.batch_size, "use a positive number of images per batch, e.g. 32")
+    if not isinstance(e.max_new_tokens, int) or e.max_new_tokens < 1:
+        raise bad("max_new_tokens", e.max_new_tokens, "use a positive number of generated tokens, e.g. 50")
+    if e.layers not in ("all", "requested"):
+        raise bad("layers", e.layers, "use all (store every layer) or requested")
+    if e.store_dtype not in ("float32", "float16", "bfloat16"):
+        raise bad("store_dtype", e.store_dtype, "use float32, float16 or bfloat16")
+    for key in ("max_samples_train", "max_samples_test"):
+        v = getattr(e, key)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise bad(key, v, "use null (no cap) or a positive number of samples")
+    if not isinstance(e.num_workers, int) or e.num_workers < 0:
+        raise bad("num_workers", e.num_workers, "use 0 (load images in the main process) or more workers")
+
+
+def check_noise(n: Any) -> None:
+    if n.images not in ("noise", "real"):
+        raise CoxlmmError(f"noise.images={n.images!r} is invalid: use noise (the baseline: uniform pixel noise) or "
+                          "real (each sample's own image: a check that reproduces the extraction).")

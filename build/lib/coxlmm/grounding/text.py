@@ -1,0 +1,314 @@
+"""Text grounding: the words T_k of each concept u_k, read through the logit lens.
+
+    logits_k = W_U · norm(u_k)          (K, vocab), `LMM.unembed` = final norm + lm_head
+    T_k      = the first `n_words` real words among the top `n_top` tokens of logits_k
+
+Two steps, kept apart so the filter can be tested on real tokenizer output without a model:
+
+1. `word_pieces(tokenizer, ids)` turns token ids into *surface pieces* in one convention shared by
+   every tokenizer: a piece starts with a space iff the token starts a new word. It decodes each
+   token after a fixed anchor token ("a") and keeps what the token adds: "a" + Ġdog -> "a dog" ->
+   " dog"; "a" + ing -> "aing" -> "ing". That uses the tokenizer's own decoder, so byte-level BPE
+   (`Ġdog`), sentencepiece (`▁dog`) and WordPiece (`dog` vs `##ing`) all come out right. Decoding a
+   token alone would not: sentencepiece drops the leading space of the first position of a text,
+   so every `▁dog` would look like a sub-word.
+2. `filter_words(pieces)` keeps a piece iff it
+     - starts a word: leading whitespace (or a raw `Ġ` / `▁` marker, so the output of
+       `convert_ids_to_tokens` of BPE / sentencepiece tokenizers works as is), or is Capitalised
+       with no leading space: the form of the first word of a text, which byte-level BPE
+       tokenizers write without a space ("Red circle ..."); bare lower-case pieces ("ing", "est",
+       "red" of "tired") and WordPiece `##` pieces are continuations and are dropped;
+     - is ASCII letters only, longer than 2 letters once case-folded;
+     - is not an English stopword (scikit-learn's list), unless it is one of the `keep` words: the
+       factor values a dataset declares ("top", "bottom", "front", "back" are stopwords, and a
+       position factor would otherwise never be nameable);
+     - is an English word of `grounding_vocabulary()`: the offline `english-words` list (web2, the
+       list the reference code's nltk `words` corpus comes from) without its short entries that
+       are not common words (below), or a regular plural of one (circles -> circle, boxes -> box,
+       puppies -> puppy: web2 lacks most inflected forms);
+   then case-folds, de-duplicates (first occurrence wins, so logit order is kept) and keeps the
+   first `n_words`. A concept may get fewer than `n_words` words, or none.
+
+web2 is a 1934 dictionary with archaic entries that equal BPE word-initial fragments ("stre",
+"gra", "resp", "prob", "thro"): they passed as words. `grounding_vocabulary` keeps a web2 word of
+at most 4 letters only if it is a whole-word token of all-MiniLM-L6-v2's WordPiece vocabulary
+(bert-base-uncased's, 30k pieces chosen by frequency on Wikipedia and books; the package is installed
+for the embedded scorers). Of SmolLM2's 17,599 word-start tokens that pass web2, this drops 657, nearly
+all fragments (tol, sla, kra, fram, pian, coff, harv, hist), and a few rare real words (hew, zeal,
+soot). Longer web2 words stay (of 5 letters, the ones BERT splits are mostly real: expel, binge, tacit).
+
+Known limits: web2 lacks modern words (laptop, skateboard, frisbee) and longer archaic fragments
+(acknow, scrat) still pass. Pass `vocabulary=` (a set of lower-case words) to use another list.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, Llama-3, SmolLM2, Qwen), sentencepiece
+CONTINUATION_MARKER = "##"  # WordPiece
+
+Unembed = Callable[[torch.Tensor], torch.Tensor]  # (n, B) -> (n, vocab)
+
+
+@lru_cache(maxsize=4)
+def english_words(source: str = "web2") -> frozenset[str]:
+    """The offline English word list (lower-cased); loaded once per process."""
+    from english_words import get_english_words_set
+
+    return frozenset(get_english_words_set([source], lower=True))
+
+
+SHORT_WORD = 4  # web2 words up to this length must also be common (a whole WordPiece token)
+
+
+@lru_cache(maxsize=1)
+def grounding_vocabulary() -> frozenset[str]:
+    """The default word list of `filter_words`: web2 minus short entries that are not whole-word
+    tokens of all-MiniLM-L6-v2's vocabulary (rule and counts: module doc). Without that package,
+    plain web2 (with a warning)."""
+    from coxlmm.errors import CoxlmmError
+    from coxlmm.scorers.bertscore import minilm_dir
+
+    web2 = english_words()
+    try:
+        with open(os.path.join(minilm_dir(), "vocab.txt"), encoding="utf-8") as f:
+            common = {line.strip() for line in f}
+    except (CoxlmmError, OSError) as e:
+        warnings.warn(f"grounding words: plain web2, short fragments not removed ({e})", stacklevel=2)
+        return web2
+    return frozenset(w for w in web2 if len(w) > SHORT_WORD or w in common)
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    """scikit-learn's English stopword list (318 words); imported lazily, sklearn is slow to import."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+# --- the filter (pure) --------------------------------------------------------------------------
+
+def starts_word(piece: str) -> bool:
+    """True when `piece` (surface text or raw BPE/sentencepiece token) begins a new word."""
+    if piece.startswith(CONTINUATION_MARKER):
+        return False
+    if piece[:1].isspace() or piece[:1] in WORD_START_MARKERS:
+        return True
+    # The first word of a text has no space before it in byte-level BPE: "Red" is a word start,
+    # whereas a lower-case bare piece ("ing") continues the previous token.
+    return len(piece) > 1 and piece[0].isupper() and piece[1:].islower()
+
+
+def _strip_piece(piece: str) -> str:
+    return piece.lstrip("".join(WORD_START_MARKERS)).strip()
+
+
+def _in_vocabulary(word: str, vocabulary: frozenset[str] | set[str], plurals: bool) -> bool:
+    if word in vocabulary:
+        return True
+    if not plurals or not word.endswith("s"):
+        return False
+    if word.endswith("ies"):
+        stem = word[:-3] + "y"  # puppies -> puppy
+    elif word.endswith(("ses", "xes", "zes", "ches", "shes")):
+        stem = word[:-2]  # buses -> bus, boxes -> box, benches -> bench
+    elif word.endswith("ss"):
+        return False  # "glass" is not a plural of "glas"
+    else:
+        stem = word[:-1]  # circles -> circle (not "aires" -> "air")
+    return len(stem) > 2 and stem in vocabulary
+
+
+KEPT = "kept"
+DROP_REASONS = ("special token", "subword", "non-alpha", "too short", "stopword", "duplicate",
+                "not in vocabulary", "over n_words")
+
+
+def filter_words(
+    pieces: Iterable[str],
+    n_words: int = 10,
+    *,
+    vocabulary: frozenset[str] | set[str] | None = None,
+    stop: frozenset[str] | set[str] | None = None,
+    min_len: int = 3,
+    plurals: bool = True,
+    keep: Iterable[str] = (),
+) -> list[str]:
+    """Real, distinct, case-folded words among `pieces`, in order, at most `n_words` (rule: module doc).
+
+    `pieces` are surface pieces from `word_pieces` (" dog", "ing") or raw `convert_ids_to_tokens`
+    output of BPE / sentencepiece tokenizers ("Ġdog", "▁dog"). `vocabulary` / `stop` default to
+    `grounding_vocabulary()` and scikit-learn's stopwords. `keep`: words that are never dropped as
+    stopwords nor for missing from the vocabulary (a dataset's declared factor values).
+    """
+    pieces = list(pieces)
+    reasons = filter_reasons(pieces, n_words, vocabulary=vocabulary, stop=stop, min_len=min_len, plurals=plurals,
+                             keep=keep)
+    return [_strip_piece(p).casefold() for p, r in zip(pieces, reasons) if r == KEPT]
+
+
+def filter_reasons(
+    pieces: Iterable[str],
+    n_words: int = 10,
+    *,
+    vocabulary: frozenset[str] | set[str] | None = None,
+    stop: frozenset[str] | set[str] | None = None,
+    min_len: int = 3,
+    plurals: bool = True,
+    keep: Iterable[str] = (),
+) -> list[str]:
+    """Why the word filter keeps or drops each piece: one of `KEPT` or `DROP_REASONS` per piece, in
+    order (the one implementation of the rule: `filter_words` returns the pieces marked `KEPT`,
+    stripped and case-folded). "" pieces (special or unknown ids) are "special token"."""
+    vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
+    stop = stopwords() if stop is None else stop
+    keep = {w.casefold() for w in keep}
+    if keep:
+        stop, vocabulary = stop - keep, vocabulary | keep
+    reasons: list[str] = []
+    seen: set[str] = set()
+    for piece in pieces:
+        text = _strip_piece(piece)
+        word = text.casefold()
+        if len(seen) >= n_words:
+            reason = "over n_words"
+        elif not piece:
+            reason = "special token"
+        elif not starts_word(piece):
+            reason = "subword"
+        elif not (text.isascii() and text.isalpha()):
+            reason = "non-alpha"
+        elif len(word) < min_len:
+            reason = "too short"
+        elif word in stop:
+            reason = "stopword"
+        elif word in seen:
+            reason = "duplicate"
+        elif not _in_vocabulary(word, vocabulary, plurals):
+            reason = "not in vocabulary"
+        else:
+            reason = KEPT
+            seen.add(word)
+        reasons.append(reason)
+    return reasons
+
+
+# --- tokens -> pieces (tokenizer) -----------------------------------------------------------------
+
+def word_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Surface text of each token id, with a leading space iff the token starts a word.
+
+    Decodes "<anchor><token>" and keeps the part after the anchor (see the module doc); ids the
+    tokenizer does not know (lm_head rows padded past the vocabulary) and special tokens give "".
+    """
+    anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+    prefix = tokenizer.decode(anchor, clean_up_tokenization_spaces=False)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    n_vocab = len(tokenizer)
+    ids = [int(i) for i in ids]
+    texts = tokenizer.batch_decode([anchor + [i] for i in ids], clean_up_tokenization_spaces=False)
+    pieces = []
+    for i, text in zip(ids, texts):
+        ok = 0 <= i < n_vocab and i not in special and text.startswith(prefix)
+        pieces.append(text[len(prefix):] if ok else "")
+    return pieces
+
+
+# --- concepts -> words (model) --------------------------------------------------------------------
+
+def _unembed_and_tokenizer(lmm_or_unembed: Any, tokenizer: Any) -> tuple[Unembed, Any]:
+    if hasattr(lmm_or_unembed, "unembed"):
+        return lmm_or_unembed.unembed, tokenizer if tokenizer is not None else lmm_or_unembed.tokenizer
+    if callable(lmm_or_unembed) and tokenizer is not None:
+        return lmm_or_unembed, tokenizer
+    raise TypeError("concept_words needs an LMM (with .unembed and .tokenizer) or an unembed callable "
+                    f"plus a tokenizer; got {type(lmm_or_unembed).__name__} and tokenizer={tokenizer!r}")
+
+
+@torch.no_grad()
+def top_token_ids(unembed: Unembed, U: torch.Tensor, n_top: int = 50) -> torch.Tensor:
+    """(K, B) -> (K, n_top): ids of the largest logits of W_U · norm(u_k), best first."""
+    logits = unembed(U)
+    return logits.float().topk(min(n_top, logits.shape[-1]), dim=-1).indices.cpu()
+
+
+def concept_words(
+    lmm_or_unembed: Any,
+    U: torch.Tensor,
+    tokenizer: Any = None,
+    n_top: int = 50,
+    n_words: int = 10,
+    **filter_kwargs: Any,
+) -> list[list[str]]:
+    """T_k for every concept: U (K, B) -> K lists of at most `n_words` words.
+
+    `lmm_or_unembed`: an `LMM` (its `unembed` and `tokenizer` are used), or a callable
+    (n, B) -> (n, vocab) together with `tokenizer`. `filter_kwargs` go to `filter_words`.
+    """
+    unembed, tokenizer = _unembed_and_tokenizer(lmm_or_unembed, tokenizer)
+    top = top_token_ids(unembed, U, n_top)
+    return [filter_words(word_pieces(tokenizer, row.tolist()), n_words, **filter_kwargs) for row in top]
+
+
+def random_words_like(
+    lens: Any,
+    lengths: Sequence[int],
+    seed: int = 0,
+    tokens_per_word: int = 10,
+    **filter_kwargs: Any,
+) -> list[list[str]]:
+    """Rnd-Words of the reference code, length-matched: for concept k, a random unit direction r_k
+    (seeded by (seed, k)) read through the same lens, its top `tokens_per_word`·n_k tokens filtered
+    like real words, truncated to n_k = lengths[k] words. Where the filter leaves fewer than n_k words
+    the window doubles until it does (never an empty or short set, unless the vocabulary runs out).
+
+    lens: an LMM or a `Readout` lens (`.unembed`, `.tokenizer`, `.hidden_size`)."""
+    unembed, tokenizer = _unembed_and_tokenizer(lens, None)
+    vocab = None
+    out = []
+    for k, n in enumerate(lengths):
+        r = random_directions(1, int(lens.hidden_size), seed=seed * 100_003 + k)
+        logits = unembed(r).float()[0]
+        vocab = vocab or logits.numel()
+        window = max(1, tokens_per_word * int(n))
+        while True:
+            ids = logits.topk(min(window, vocab)).indices.tolist()
+            words = filter_words(word_pieces(tokenizer, ids), int(n), **filter_kwargs)
+            if len(words) >= n or window >= vocab:
+                break
+            window *= 2
+        out.append(words)
+    return out
+
+
+def random_directions(n_concepts: int, hidden_size: int, seed: int = 0) -> torch.Tensor:
+    """(K, B) random unit vectors, reproducible for a seed (the Rnd-Words baseline's 'concepts')."""
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(n_concepts, hidden_size, generator=g)
+    return R / R.norm(dim=1, keepdim=True)
+
+
+def random_words(
+    lmm_or_unembed: Any,
+    n_concepts: int,
+    hidden_size: int | None = None,
+    tokenizer: Any = None,
+    n_top: int = 50,
+    n_words: int = 10,
+    seed: int = 0,
+    **filter_kwargs: Any,
+) -> list[list[str]]:
+    """Rnd-Words baseline: words of random unit directions, decoded and filtered like real concepts."""
+    B = hidden_size if hidden_size is not None else getattr(lmm_or_unembed, "hidden_size", None)
+    if B is None:
+        raise TypeError("random_words needs hidden_size when given a bare unembed callable")
+    R = random_directions(n_concepts, int(B), seed)
+    return concept_words(lmm_or_unembed, R, tokenizer, n_top, n_words, **filter_kwargs)

@@ -1,0 +1,1 @@
+"""Metrics: small objects called with one `EvalContext` (see base.py)."""

@@ -1,0 +1,3 @@
+from coxlmm.models.base import LMM, GenerationOutput
+
+__all__ = ["LMM", "GenerationOutput"]

@@ -1,0 +1,429 @@
+"""`HFVisionLM`: any Hugging Face image-text-to-text model behind the `LMM` adapter protocol.
+
+Loading: `AutoProcessor` + `AutoModelForImageTextToText` (or the class named by `model_class`)
+from a hub id or a local directory written by `save_pretrained`; eval mode, frozen.
+
+Prompt: one user turn holding one image and the instruction, rendered by the processor's own chat
+template with the generation prompt; the exact rendered text is part of `fingerprint()`. Batches
+are left-padded so every row's last prompt position is the last column.
+
+Generation: pure greedy (`do_sample=False`, one beam). The checkpoint's generation config is
+replaced at load time by one that keeps only its special-token ids: hub configs carry sampling
+and repetition-penalty settings, and a repetition penalty would make the generated token differ
+from the argmax of the logits, breaking the logit lens at the extracted position.
+
+Decoder layers are found by one resolver (`find_language_model`): start from the model's
+`get_decoder()` (transformers 5 returns the text decoder for VLM wrappers), then the usual
+attributes (`model.language_model`, `model.model.language_model`, `model.text_model`, ...), and take
+the first candidate with a `layers` ModuleList, looking one `.model` deeper for CausalLM wrappers.
+Its final norm is the first of `norm`, `final_layer_norm`, `final_layernorm`, `ln_f`.
+
+Tested here on tiny random checkpoints of LLaVA (Llama text model), Qwen2-VL (mrope positions,
+variable image grids) and Idefics3/SmolVLM (image splitting, pixel_attention_mask) with
+transformers 5.24; PaliGemma, Gemma 3 and others resolve through the same path but are untested.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from torch import nn
+from transformers import GenerationConfig
+
+from coxlmm.errors import CoxlmmError
+from coxlmm.models.base import LMM, GenerationOutput
+
+DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+_LM_PATHS = ("language_model", "model.language_model", "model.text_model", "text_model", "model.model",
+             "model", "language_model.model")
+_NORM_NAMES = ("norm", "final_layer_norm", "final_layernorm", "ln_f")
+_PER_TOKEN_TYPES = ("token_type_ids", "mm_token_type_ids")  # (B, P) inputs that mark image vs text tokens
+
+
+class HFVisionLM(LMM):
+    """A captioning VLM from the Hugging Face hub or a local directory.
+
+    Args:
+        name_or_path: hub id (e.g. "llava-hf/llava-1.5-7b-hf") or a local `save_pretrained` directory.
+        model_class: None for `AutoModelForImageTextToText`, else a class name in `transformers`
+            ("LlavaForConditionalGeneration") or a dotted path ("transformers.LlavaForConditionalGeneration").
+        dtype: float32 | bfloat16 | float16 | auto (the checkpoint's dtype). `torch_dtype` is an alias.
+        prompt: the user instruction put after the image in the chat template.
+        raw_prompt: the exact prompt text instead of the chat template, for models without one (e.g.
+            PaliGemma, whose processor adds its image tokens and BOS itself: "caption en"). `prompt`
+            is then ignored. Write the model's image token in it where its processor needs one
+            ("USER: <image>\nDescribe. ASSISTANT:" for LLaVA-1.5).
+        device: where to put the model after loading ("cpu", "cuda", "cuda:1", "auto"); None leaves it
+            on the CPU for the caller (e.g. Lightning) to move.
+        device_map: passed to `from_pretrained` to shard a large model (then `device` is ignored).
+        processor_kwargs: passed to `AutoProcessor.from_pretrained`, e.g. {"max_pixels": 401408} to cap
+            Qwen2-VL's image tokens.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        model_class: str | None = None,
+        dtype: str = "auto",
+        prompt: str = DEFAULT_PROMPT,
+        raw_prompt: str | None = None,
+        device: str | None = None,
+        device_map: str | dict | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        torch_dtype: str | None = None,
+    ):
+        super().__init__()
+        dtype = torch_dtype or dtype
+        if dtype not in DTYPES:
+            raise CoxlmmError(f"model dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}.")
+        source = _resolve_source(name_or_path)
+        self.model_id = source
+        self.prompt = prompt
+        self.device_map = device_map  # a sharded model stays where accelerate put it (the stages never move it)
+
+        config = _load_config(source, name_or_path)
+        try:
+            self.processor = load_processor(source, config, **dict(processor_kwargs or {}))
+        except (OSError, ValueError, TypeError) as e:
+            raise CoxlmmError(
+                f"cannot load the processor of {name_or_path!r} ({_first_line(e)}): the model needs its processor "
+                f"files (tokenizer, image processor, chat template) beside config.json.") from None
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"  # last column = last prompt token for every row
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+        cls = _model_class(model_class)
+        kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        try:
+            self.model = cls.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as e:
+            raise CoxlmmError(f"cannot load the weights of {name_or_path!r} as {cls.__name__} ({_first_line(e)}): "
+                              f"check that the checkpoint is complete and that model_class fits its config.") from None
+        self.model.eval().requires_grad_(False)
+        if device is not None and device_map is None:
+            self.model.to(_device(device))
+
+        self.eos_ids, self.pad_id = _special_ids(self.model, self.tokenizer)
+        self.model.generation_config = GenerationConfig(
+            bos_token_id=self.model.generation_config.bos_token_id, eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id)
+
+        text_config = self.model.config.get_text_config(decoder=True)
+        self.num_layers = int(text_config.num_hidden_layers)
+        self.hidden_size = int(text_config.hidden_size)
+        self._lm = find_language_model(self.model)
+        if len(self._lm.layers) != self.num_layers:
+            raise CoxlmmError(f"{source}: found {len(self._lm.layers)} decoder blocks but the text config says "
+                              f"{self.num_layers}; the layer resolver picked the wrong module.")
+        self._norm = _final_norm(self._lm, source)
+
+        self.prompt_text: str = raw_prompt if raw_prompt is not None else self._chat_prompt(prompt, source)
+        # Like the processor's own tokenize=True path: a template that writes BOS gets no second one.
+        bos = self.tokenizer.bos_token
+        self._add_special_tokens = not (bos is not None and self.prompt_text.startswith(bos))
+
+    @staticmethod
+    def describe(name_or_path: str, model_class: str | None = None, dtype: str = "auto", prompt: str = DEFAULT_PROMPT,
+                 raw_prompt: str | None = None, processor_kwargs: dict[str, Any] | None = None,
+                 torch_dtype: str | None = None, **_: Any) -> dict[str, Any]:
+        """What identifies this model's features, read without loading its weights (the feature-store key
+        of a job whose features are cached): the resolved source, the settings that change the features,
+        the checkpoint's revision and a hash of its small files (config, tokenizer, chat template,
+        processor config; not the weights). Also its number of decoder blocks, from config.json."""
+        dtype = torch_dtype or dtype
+        if dtype not in DTYPES:
+            raise CoxlmmError(f"model dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}.")
+        source = _resolve_source(name_or_path)
+        config = _load_config(source, name_or_path)
+        key = {"class": "HFVisionLM", "source": source, "model_class": model_class, "dtype": dtype,
+               "prompt": prompt if raw_prompt is None else None, "raw_prompt": raw_prompt,
+               "processor_kwargs": dict(processor_kwargs or {}), "revision": getattr(config, "_commit_hash", None),
+               "files": _small_files_sha256(source), "transformers": transformers.__version__}
+        n = int(config.get_text_config(decoder=True).num_hidden_layers)
+        return {"key": key, "num_layers": n, "model_id": source}
+
+    def _chat_prompt(self, prompt: str, source: str) -> str:
+        """One user turn (image, then `prompt`) through the processor's chat template + generation prompt."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        except ValueError as e:  # no chat template (e.g. PaliGemma): the prompt format would be a guess
+            raise CoxlmmError(f"{source}: its processor cannot render the prompt with a chat template ({e}); "
+                              f"give the exact prompt text with model.raw_prompt (PaliGemma: 'caption en').") from None
+
+    def train(self, mode: bool = True) -> HFVisionLM:
+        """Always eval: the model is a frozen feature extractor (dropout would change the states)."""
+        return super().train(False)
+
+    # --- inputs -------------------------------------------------------------------------------
+    def prepare(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """(B images) -> input_ids/attention_mask (B, P) left-padded, plus the processor's image tensors."""
+        batch = self.processor(
+            images=[[im.convert("RGB")] for im in images], text=[self.prompt_text] * len(images),
+            padding=True, padding_side="left", return_tensors="pt", add_special_tokens=self._add_special_tokens)
+        return dict(batch)
+
+    def _to_model(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dev, dt = self.device, self.model.dtype
+        return {k: v.to(dev, dt) if v.is_floating_point() else v.to(dev) for k, v in inputs.items()}
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> GenerationOutput:
+        """Greedy captions: sequences (B, T) new ids only, pad after EOS; lengths (B,) incl. EOS."""
+        inputs = self._to_model(inputs)
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)
+        out = self.model.generate(**inputs, generation_config=config)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return GenerationOutput(*_cut_at_eos(new, self.eos_ids, self.pad_id))
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self._lm.layers
+
+    @torch.no_grad()
+    def teacher_forced_states(
+        self, inputs: dict[str, torch.Tensor], generated: torch.Tensor, layers: list[int]
+    ) -> dict[int, torch.Tensor]:
+        """One forward over prompt (B, P) + generated (B, T) -> {l: (B, T, H)} block outputs.
+
+        Column j is position P - 1 + j, the one whose next-token prediction is generated[:, j]
+        (the last prompt position for j = 0). The generated part of the mask is all ones, as during
+        generation; tokens after EOS come later in the sequence, so the causal mask hides them.
+        """
+        inputs = self._to_model(inputs)
+        generated = generated.to(self.device)
+        P, T = inputs["input_ids"].shape[1], generated.shape[1]
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], generated], dim=1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(generated)], dim=1)
+        for key in _PER_TOKEN_TYPES:  # e.g. Qwen2-VL's mm_token_type_ids: generated tokens are text (0)
+            if key in inputs:
+                inputs[key] = torch.cat([inputs[key], torch.zeros_like(generated)], dim=1)
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            inputs["logits_to_keep"] = 1  # only states are needed; skip the (P+T, vocab) logits
+        idx = {l: self.hook_index(l) for l in layers}
+        states: dict[int, torch.Tensor] = {}
+        points = self.hook_points()
+        hooks = [points[i].register_forward_hook(_keep_output(states, i)) for i in set(idx.values())]
+        try:
+            self.model(**inputs, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {l: states[i][:, P - 1: P - 1 + T] for l, i in idx.items()}
+
+    # --- logit lens -----------------------------------------------------------------------------
+    def norm_module(self) -> nn.Module:
+        return self._norm
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.model.get_output_embeddings().weight
+
+    # --- identity -------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            **super().fingerprint(),
+            "prompt_text": self.prompt_text,
+            "model_class": type(self.model).__name__,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "revision": getattr(self.model.config, "_commit_hash", None),
+            "transformers": transformers.__version__,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+# --- loading helpers ----------------------------------------------------------------------------
+def _resolve_source(name_or_path: str) -> str:
+    """A local directory (absolute, so the feature-store key does not depend on the cwd) or a hub id."""
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.is_dir():
+        return str(p.resolve())
+    return str(name_or_path)
+
+
+def _load_config(source: str, given: str):
+    try:
+        return transformers.AutoConfig.from_pretrained(source)
+    except Exception as e:  # OSError, ValueError, HTTP errors...: all mean "cannot load this model"
+        reason = _first_line(e)
+        accepted = ("model.name_or_path accepts a directory written by save_pretrained (config.json, weights and "
+                    "processor files) or a hub id such as llava-hf/llava-1.5-7b-hf that is cached locally or "
+                    "downloadable.")
+        if Path(source).is_dir():
+            raise CoxlmmError(f"cannot load model {given!r}: the directory holds no loadable Hugging Face model "
+                              f"({reason}). {accepted}") from None
+        if not _looks_like_hub_id(given):
+            raise CoxlmmError(f"cannot load model {given!r}: no such directory. {accepted}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no", "off")
+        hub = ("the hub is switched off (HF_HUB_OFFLINE=1)" if offline
+               else "the hub could not be reached or has no such repository")
+        raise CoxlmmError(
+            f"cannot load model {given!r}: it is not an existing local directory, and as a Hugging Face hub id "
+            f"it is not in the local cache and {hub} ({reason}). {accepted}"
+        ) from None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+
+
+def _small_files_sha256(source: str) -> dict[str, str]:
+    """sha256 of each file of a local checkpoint folder but the weights (config, tokenizer, chat template,
+    processor config: what changes the prompt and the processing); {} for a hub id."""
+    import hashlib
+
+    root = Path(source)
+    if not root.is_dir():
+        return {}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.stat().st_size < 64 << 20:
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return out
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """A hub id ("org/name" or "name": letters, digits, - _ .), not a path such as /data/llava or ./llava."""
+    return re.fullmatch(r"[A-Za-z0-9_-][\w.-]*(/[\w.-]+)?", str(name)) is not None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _model_class(name: str | None):
+    """None -> AutoModelForImageTextToText; "LlavaForConditionalGeneration" or a dotted path -> that class."""
+    if name is None:
+        return transformers.AutoModelForImageTextToText
+    module_name, _, attr = str(name).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr) if module_name else getattr(transformers, attr)
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+        raise CoxlmmError(f"model_class {name!r} is not a model class: use null for AutoModelForImageTextToText, a "
+                          f"class name in transformers (LlavaForConditionalGeneration) or a dotted path to one.")
+    return cls
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_processor(source: str, config=None, **kwargs):
+    """`AutoProcessor.from_pretrained`, or the same processor class without its video part.
+
+    Why: in transformers 5 a processor that declares a video sub-processor (Qwen2-VL, Qwen2.5-VL...)
+    cannot be built without torchvision (the class check of `VideoProcessorMixin` fails), nor from a
+    checkpoint that ships no video processor config, even to process images only.
+    """
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    cls = PROCESSOR_MAPPING[type(config)] if config is not None and type(config) in PROCESSOR_MAPPING else None
+    has_video = cls is not None and "video_processor" in cls.get_attributes()
+    if has_video and not transformers.utils.is_torchvision_available():
+        return image_only_processor_class(cls).from_pretrained(source, **kwargs)
+    try:
+        return transformers.AutoProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError):
+        if not has_video:
+            raise
+        return image_only_processor_class(cls).from_pretrained(source, **kwargs)
+
+
+def image_only_processor_class(processor_cls: type) -> type:
+    """A subclass of `processor_cls` without its video sub-processor (same name, so it saves the same)."""
+
+    class ImageOnly(processor_cls):
+        # No __init__ override: transformers reads the accepted arguments off the parent's __init__.
+        video_processor = None
+
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [a for a in processor_cls.get_attributes() if a != "video_processor"]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_cls.__name__
+    return ImageOnly
+
+
+# --- architecture helpers ---------------------------------------------------------------------------
+def _get_path(obj: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_language_model(model: nn.Module) -> nn.Module:
+    """The text decoder stack of a VLM: the module whose `layers` ModuleList are the decoder blocks."""
+    try:
+        candidates = [model.get_decoder()]
+    except Exception:  # absent, or raising for architectures transformers has no rule for
+        candidates = []
+    candidates += [_get_path(model, p) for p in _LM_PATHS]
+    for m in candidates:
+        for stack in (m, getattr(m, "model", None)):  # one level deeper for a CausalLM wrapper
+            if isinstance(getattr(stack, "layers", None), nn.ModuleList) and len(stack.layers) > 0:
+                return stack
+    raise CoxlmmError(
+        f"cannot find the language model's decoder blocks in {type(model).__name__}: looked for a `layers` "
+        f"ModuleList on get_decoder() and on {', '.join(_LM_PATHS)}. This architecture needs a rule in "
+        f"coxlmm.models.hf.find_language_model."
+    )
+
+
+def _final_norm(lm: nn.Module, source: str) -> nn.Module:
+    for name in _NORM_NAMES:
+        norm = getattr(lm, name, None)
+        if isinstance(norm, nn.Module):
+            return norm
+    raise CoxlmmError(f"{source}: the language model {type(lm).__name__} has none of the final-norm modules "
+                      f"{', '.join(_NORM_NAMES)}; the logit lens needs one (add its name to _NORM_NAMES).")
+
+
+def _special_ids(model: nn.Module, tokenizer) -> tuple[list[int], int]:
+    """All EOS ids (generation config and tokenizer, in that order) and the pad id."""
+    eos: list[int] = []
+    for ids in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        for i in ids if isinstance(ids, (list, tuple)) else [ids]:
+            if i is not None and int(i) not in eos:
+                eos.append(int(i))
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return eos, int(pad)
+
+
+def _cut_at_eos(new: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) generated ids -> same ids with pad after the first EOS, and lengths (B,) incl. that EOS."""
+    is_eos = torch.isin(new, torch.tensor(eos_ids, device=new.device))
+    T = new.shape[1]
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], T, dtype=torch.long))
+    lengths = torch.clamp(first + 1, max=T)
+    after = torch.arange(T, device=new.device)[None, :] >= lengths[:, None]
+    return new.masked_fill(after, pad_id), lengths
+
+
+def _keep_output(store: dict[int, torch.Tensor], i: int):
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        store[i] = output[0] if isinstance(output, tuple) else output  # (B, P+T, H)
+
+    return hook

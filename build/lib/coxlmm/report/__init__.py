@@ -1,0 +1,1 @@
+"""Reporting: figures (PNG), loggers (W&B, CSV), tables of sweeps."""
