@@ -110,3 +110,35 @@ def test_two_job_sweep_on_tiny_llava_under_submitit_local(tmp_path: Path, tiny_l
     assert tables_main([str(sweep), "--no-figures"]) == 0
     md = (sweep / "tables.md").read_text().replace(" ", "")
     assert "|dog|" in md and "|sofa|" in md and "Overlap" in md
+
+
+# --- every preset end to end on the debug preset -----------------------------------------------------
+PRESET_OVERRIDES = {
+    # fewer jobs than the real sweeps, every code path of each
+    "paper_table1": ["hydra.sweeper.params.token=circle", "hydra.sweeper.params.seed=0,1"],
+    "layer_ablation": ["hydra.sweeper.params.layers=[0,29],[norm]"],
+    "k_ablation": ["hydra.sweeper.params.method.n_concepts=2,3"],
+}
+
+
+@pytest.fixture(scope="module")
+def preset_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("preset_cache")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("experiment", sorted(PRESET_OVERRIDES))
+def test_every_experiment_preset_runs_end_to_end_on_the_debug_preset(experiment, preset_cache, tmp_path):
+    sweep = tmp_path / experiment
+    cmd = [COXLMM, "-m", f"experiment={experiment}", "debug=tiny", "logger=csv", "hydra.launcher.n_jobs=1",
+           *PRESET_OVERRIDES[experiment], f"paths.cache_dir={preset_cache}", f"hydra.sweep.dir={sweep}"]
+    run_sweep(cmd, sweep, timeout=1700)
+    rows = collect(sweep)
+    assert rows and all(r.get("n_train", 0) > 0 for r in rows)
+    assert tables_main([str(sweep)]) == 0 and (sweep / "index.html").is_file()
+    if experiment == "paper_table1":
+        assert {r["method"] for r in rows} >= {"semi_nmf", "pca", "kmeans", "simple"} and {r["seed"] for r in rows} == {0, 1}
+        assert any("token_only_cs_top1_mean" in r for r in rows)
+    if experiment == "layer_ablation":
+        assert {r["layer_name"] for r in rows} == {"0", "29", "norm"} and all("lens_top1_t" in r for r in rows)
