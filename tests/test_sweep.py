@@ -115,9 +115,9 @@ def test_two_job_sweep_on_tiny_llava_under_submitit_local(tmp_path: Path, tiny_l
 # --- every preset end to end on the debug preset -----------------------------------------------------
 PRESET_OVERRIDES = {
     # fewer jobs than the real sweeps, every code path of each
-    "paper_table1": ["hydra.sweeper.params.token=circle", "hydra.sweeper.params.seed=0,1"],
-    "layer_ablation": ["hydra.sweeper.params.layers=[0,29],[norm]"],
-    "k_ablation": ["hydra.sweeper.params.method.n_concepts=2,3"],
+    "paper_table1": ["hydra.sweeper.params.token=circle", "hydra.sweeper.params.seed='0,1'"],
+    "layer_ablation": ["hydra.sweeper.params.layers='[0,29],[norm]'"],
+    "k_ablation": ["data.n_train=300"],  # K up to 50: ~70 training samples of circle
 }
 
 
