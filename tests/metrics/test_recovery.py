@@ -199,3 +199,21 @@ def test_no_factors_no_scores(world, records):
     V, words = true_factor_dictionary(world, records)
     inp = dataclasses.replace(make(world, records, V, words), factors={})
     assert Recovery()(inp).scores == {}
+
+
+def test_recovery_is_split_by_what_the_caption_prefix_already_said(world, records):
+    """A concept that is the colour only on samples whose prefix named the colour (text-known) is perfect
+    there and at chance on the image-only samples."""
+    rng = np.random.default_rng(0)
+    recs = [dict(r, annotation={**r["annotation"], "text_known": ["colour"] if i % 2 == 0 else []})
+            for i, r in enumerate(records)]
+    V, words = true_factor_dictionary(world, recs)
+    colour_cols = [i for i, w in enumerate(words) if w[0] in COLOURS]
+    odd = np.arange(len(recs)) % 2 == 1
+    V[np.ix_(odd, colour_cols)] = rng.random((odd.sum(), len(colour_cols)))
+    out = Recovery(prefix_only=False, diffmean=False, random_baseline=False)(make(world, recs, V, words)).scores
+    assert out["recovery_matched/colour/text_known"] == pytest.approx(1.0)
+    assert out["recovery_matched/colour/image_only"] == pytest.approx(0.5, abs=0.1)
+    assert out["recovery_n_samples/colour/text_known"] == pytest.approx((~odd).sum())
+    assert out["recovery_matched/size/image_only"] == pytest.approx(1.0)  # size: never text-known here
+    assert "recovery_matched/size/text_known" not in out

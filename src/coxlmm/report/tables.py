@@ -442,6 +442,34 @@ def causal_table(runs: pd.DataFrame) -> Table:
                   "value and whose steered caption names it. The control rows steer the same values at the same norm.")
 
 
+def split_recovery_table(runs: pd.DataFrame) -> Table:
+    """Per method and factor: matched recovery on the samples whose caption prefix already named the
+    target's value (text-known) and on the others (image-only), beside the prefix-only control and the
+    random dictionary."""
+    rows = representative(runs)
+    cells = []
+    factors = _ordered([c.split("/")[1] for c in rows.columns if c.startswith("recovery_matched/")
+                        and c.count("/") == 2 and c.endswith(("/text_known", "/image_only"))])
+    columns = [("text-known", "recovery_matched/{f}/text_known"), ("image-only", "recovery_matched/{f}/image_only"),
+               ("prefix-only, text-known", "recovery_matched_prefix_only/{f}/text_known"),
+               ("prefix-only, image-only", "recovery_matched_prefix_only/{f}/image_only"),
+               ("random, image-only", "recovery_matched_random/{f}/image_only"),
+               ("n text-known", "recovery_n_samples/{f}/text_known"), ("n image-only", "recovery_n_samples/{f}/image_only")]
+    for method in _ordered(rows["method"]) if factors else []:
+        g = rows[rows["method"] == method]
+        for f in factors:
+            for title, key in columns:
+                k = key.format(f=f)
+                v = g[k].dropna().astype(float) if k in g else pd.Series(dtype=float)
+                cells.append(((g["method_display"].iloc[0], f), title, float(v.mean()) if len(v) else None,
+                              float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    return _build("recovery_split", "Recovery by where the information came from (matched AUROC of the target's "
+                  "factor values)", cells, ["method", "factor"],
+                  "text-known: samples whose generated caption named the target's value of the factor before t "
+                  "(the state that predicts t has read it); image-only: the others. Does the dictionary recover "
+                  "factors that only the image carries? Compare image-only with prefix-only, image-only.")
+
+
 LAYER_COLUMNS = (("Grounding CS", "grounding_cs_mean"), ("Rnd-Words CS", "grounding_cs_random_mean"),
                  ("Grounding BS", "grounding_bs_mean"), ("Rnd-Words BS", "grounding_bs_random_mean"),
                  ("Lens top-1 = t", "lens_top1_t"), ("Lens top-10 ∋ t", "lens_top10_t"),
@@ -474,6 +502,8 @@ def _varies(runs: pd.DataFrame, key: str) -> bool:
 def tables(sweep: Sweep) -> list[Table]:
     runs = sweep.runs
     out = [table1(runs), paired_table(runs, sweep.test_scores), overlap_table(runs), recovery_table(runs)]
+    if any(c.endswith("/image_only") for c in runs.columns):
+        out.append(split_recovery_table(runs))
     if "prediction_recovered" in runs:
         out.append(causal_table(runs))
     if _varies(runs, "layer"):
