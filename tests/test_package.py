@@ -49,11 +49,9 @@ def test_the_debug_preset_runs_every_paper_metric_and_keeps_the_json_artefacts_w
         assert (default_run / f"{name}.json").is_file(), name
     assert not list(default_run.glob("*.png"))
     assert (default_run / "report.html").is_file() and (default_run / "dictionary.safetensors").is_file()
-    (run_file,) = default_run.glob("wandb/offline-run-*/run-*.wandb")
-    from coxlmm.report.log import read_offline_run
+    from coxlmm.report.log import offline_run
 
-    exits = [r.exit.exit_code for r in read_offline_run(run_file) if r.WhichOneof("record_type") == "exit"]
-    assert exits == [0]
+    assert offline_run(default_run)["exit_code"] == 0
 
 
 def _site_packages(python: Path) -> Path:

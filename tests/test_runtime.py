@@ -280,20 +280,16 @@ def test_layers_naming_one_block_twice_are_analysed_once(cli_setup):
 
 
 def test_a_failed_job_leaves_a_wandb_run_marked_failed_with_its_config(cli_setup):
-    from coxlmm.report.log import read_offline_run
+    from coxlmm.report.log import offline_run
 
     tmp, args = cli_setup
     run = tmp / "failed"
     out = coxlmm(*[a for a in args if a not in ("logger=none", "report=false")], "logger=wandb", "token=zebra",
                  "extraction.require_gt=false", f"hydra.run.dir={run}")
     assert out.returncode == 2 and "no sample selected for token 'zebra'" in out.stderr
-    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
-    recs = read_offline_run(run_file)
-    exit_code = [r.exit.exit_code for r in recs if r.WhichOneof("record_type") == "exit"]
-    config = {u.key: u.value_json for r in recs if r.WhichOneof("record_type") == "config" for u in r.config.update}
-    summary = {u.key: u.value_json for r in recs if r.WhichOneof("record_type") == "summary" for u in r.summary.update}
-    assert exit_code == [1] and config["token"] == '"zebra"'
-    assert summary["coxlmm/status"] == '"failed"' and "zebra" in summary["coxlmm/error"]
+    wb = offline_run(run)
+    assert wb["exit_code"] == 1 and wb["config"]["token"] == "zebra"
+    assert wb["summary"]["coxlmm/status"] == "failed" and "zebra" in wb["summary"]["coxlmm/error"]
     assert "no sample selected for token" in (run / "report.html").read_text()  # the failed run's page
 
 

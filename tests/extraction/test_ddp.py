@@ -17,7 +17,9 @@ def _extract(model_dir, data_dir, root, token, devices):
     out = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), str(data_dir), str(root), token, str(devices)],
                          capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[2])
     assert out.returncode == 0, out.stderr[-3000:]
-    line = [l for l in out.stdout.splitlines() if l.startswith("STORE ")][-1]
+    lines = [l for l in out.stdout.splitlines() if l.startswith("STORE ")]
+    assert lines, out.stdout[-2000:] + out.stderr[-3000:]
+    line = lines[-1]
     return Path(line.split(" ", 1)[1])
 
 

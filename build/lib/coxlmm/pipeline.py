@@ -29,6 +29,7 @@ from coxlmm.config import build, check_extraction, check_noise
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction import ExtractionSettings, FeatureStore, ensure_readout, extract, extract_noise
 from coxlmm.metrics.base import NOISE_TEST, NOISE_TRAIN, EvalInput, MetricResult, Services, Split
+from coxlmm.metrics.causal import INTERVENTIONS
 from coxlmm.models.base import layer_name
 from coxlmm.models.spec import ModelSpec
 from coxlmm.progress import duration
@@ -164,14 +165,18 @@ def dead_concepts_note(dictionary, Z: torch.Tensor, V: torch.Tensor) -> str:
             f"median ‖z‖ = {median:.3g}): their words and top samples are empty.{hint}")
 
 
-def analyse_layer(cfg: DictConfig, layer: int, num_layers: int, train: Features, test: Features | None,
-                  readout, scorer, metrics: dict[str, Any], out_dir: Path) -> LayerResult:
-    """Decompose Z at one layer, ground the concepts, evaluate, and write the layer's files."""
+def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Features | None,
+                  readout, scorer, metrics: dict[str, Any], out_dir: Path, stores: Stores | None = None) -> LayerResult:
+    """Decompose Z at one layer, ground the concepts, evaluate, and write the layer's files.
+
+    A metric that needs interventions plans them here (from tensors); they run as model stages
+    (`causal_stages`, cached) before the metrics, which read their results."""
     from coxlmm.grounding.concept_set import ConceptSet
     from coxlmm.grounding.text import concept_words
     from coxlmm.grounding.visual import top_samples
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    num_layers = spec.num_layers
     make = dictionary_factory(cfg)
 
     def refit(Z: torch.Tensor, seed: int):
@@ -207,6 +212,8 @@ def analyse_layer(cfg: DictConfig, layer: int, num_layers: int, train: Features,
                     dictionary=dictionary, concepts=concepts,
                     services=Services(lens=lens, ground=ground, refit=refit, scorer=scorer),
                     token=cfg.token, layer=layer, seed=cfg.seed, factors=factors, n_top=g.n_top, n_words=g.n_words)
+    if any(INTERVENTIONS in getattr(m, "needs", ()) for m in metrics.values()) and stores is not None:
+        inp = causal_stages(cfg, spec, stores, test, layer, inp, metrics)
     scores: dict[str, float] = {}
     artifacts: dict[str, Any] = {}
     for name, metric in metrics.items():
@@ -217,7 +224,11 @@ def analyse_layer(cfg: DictConfig, layer: int, num_layers: int, train: Features,
         log.info("metric %s: %d scores in %s", name, len(res.scores), duration(time.perf_counter() - t1))
 
     # Files first (a logger failure must never lose them), then figures.
-    (out_dir / "concepts.json").write_text(json.dumps(concepts.to_json(), indent=1))
+    doc = concepts.to_json()
+    for c in doc["concepts"]:  # per-concept causal numbers beside the words, when computed
+        if str(c["id"]) in (artifacts.get("causal") or {}):
+            c["causal"] = artifacts["causal"][str(c["id"])]
+    (out_dir / "concepts.json").write_text(json.dumps(doc, indent=1, default=_json_default))
     from coxlmm.concepts.base import Dictionary  # noqa: F401 - the saved format is the method's own
 
     save_dictionary(dictionary, out_dir / "dictionary.safetensors")
@@ -235,6 +246,37 @@ def analyse_layer(cfg: DictConfig, layer: int, num_layers: int, train: Features,
         _report(out_dir, inp, keep, scores, artifacts)
     return LayerResult(layer, layer_name(layer, num_layers), out_dir, concepts, dictionary, scores, artifacts,
                        figures, train.records, train.dataset, note)
+
+
+def causal_stages(cfg: DictConfig, spec, stores: Stores, test: Features | None, layer: int, inp: EvalInput,
+                  metrics: dict[str, Any]) -> EvalInput:
+    """Run the interventions the causal metrics plan (extraction/interventions.py) and put the results in
+    the input; the model is loaded only when a plan's results are not cached."""
+    import dataclasses
+
+    from coxlmm.extraction.interventions import run_steer, run_target
+    from coxlmm.metrics.causal import CausalResults
+
+    if test is None or stores.test is None:
+        return inp
+    root = str(Path(cfg.paths.cache_dir) / "features")
+    for metric in metrics.values():
+        if INTERVENTIONS not in getattr(metric, "needs", ()):
+            continue
+        plan = metric.plan(inp)
+        if plan is None:
+            continue
+        t0 = time.perf_counter()
+        rows = getattr(metric, "rows_per_forward", 32)
+        target = run_target(spec, stores.test, test.dataset, plan.target, layer, root, settings(cfg, "test"),
+                            cfg.trainer, rows)
+        steer = run_steer(spec, stores.test, test.dataset, plan.steer, layer, root, settings(cfg, "test"), cfg.trainer,
+                          rows) if plan.steer is not None else None
+        log.info("causal stages of layer %s: %d samples x (%d edits, %d steering directions) in %s",
+                 layer_name(layer, spec.num_layers), len(plan.rows), len(plan.target.variants),
+                 len(plan.steer.directions) if plan.steer is not None else 0, duration(time.perf_counter() - t0))
+        inp = dataclasses.replace(inp, interventions=(plan, CausalResults(target, steer)))
+    return inp
 
 
 def save_dictionary(dictionary, path: Path) -> None:
@@ -324,7 +366,7 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     for layer in layers:
         name = layer_name(layer, spec.num_layers)
         sub = out_dir if len(layers) == 1 else out_dir / f"layer_{name}"
-        res = analyse_layer(cfg, layer, spec.num_layers, train, test, readout, scorer, metrics, sub)
+        res = analyse_layer(cfg, layer, spec, train, test, readout, scorer, metrics, sub, stores)
         prefix = "" if len(layers) == 1 else f"layer_{name}/"
         flat.update({prefix + k: v for k, v in res.metrics.items()})
         results.append(res)

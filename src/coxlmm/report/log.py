@@ -311,3 +311,38 @@ def read_offline_run(run_file: str | Path) -> list[Any]:
             out.append(rec)
             buf = b""
     return out
+
+
+def offline_run(run_dir: str | Path, timeout_s: float = 30.0) -> dict[str, Any]:
+    """{"config", "summary", "exit_code", "history"} of the one offline W&B run under `run_dir`/wandb,
+    waiting (up to `timeout_s`) for its exit record: W&B's service may still be writing the file
+    when `finish` returns. The config comes from the run record and every config update."""
+    import json
+    import time
+
+    (run_file,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_offline_run(run_file)
+        exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+        if exits or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+
+    def items(updates) -> dict[str, Any]:
+        return {(u.key or "/".join(u.nested_key)): json.loads(u.value_json) for u in updates}
+
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            config |= items(r.run.config.update)
+        elif kind == "config":
+            config |= items(r.config.update)
+        elif kind == "summary":
+            summary |= items(r.summary.update)
+        elif kind == "history":
+            history.append(items(r.history.item))
+    return {"config": config, "summary": summary, "exit_code": exits[0] if exits else None, "history": history}

@@ -84,6 +84,11 @@ class CaptionDataset(torch.utils.data.Dataset):
         object's factors here (`{"target": {factor: value}, ...}`)."""
         return {}
 
+    def named_target(self, caption: str, token: str) -> dict[str, Any] | None:
+        """The target object's factors as a caption names them ({factor: value}), or None: datasets with
+        a caption grammar (the world) can read a steered caption back."""
+        return None
+
     def indices_with_word(self, word: str) -> list[int]:
         """Indices of samples with at least one ground-truth caption containing `word` (whole word)."""
         return [i for i, r in enumerate(self.records) if any(contains_word(c, word) for c in r.captions)]

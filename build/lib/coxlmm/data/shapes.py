@@ -270,6 +270,10 @@ class ShapesWorld(CaptionDataset):
         return {"target": target, "companion": companion, "text_known": text_known,
                 "image_only": [f for f in FACTORS if f != "shape" and f not in text_known]}
 
+    def named_target(self, caption: str, token: str) -> dict[str, Any] | None:
+        """The first object of shape `token` the caption names, with the factors it states (None: missing)."""
+        return next((o for o in parse_caption(caption) if o["shape"] == token.lower()), None)
+
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "generator_version": GENERATOR_VERSION, "split": self.split,
                 "seed": self.seed, "image_size": self.image_size, "p_two": self.p_two}

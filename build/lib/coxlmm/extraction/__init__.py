@@ -119,7 +119,8 @@ def extract(model, dataset, token: str, requested_layers: list[Any], settings: E
     from coxlmm.extraction.lightning import ExtractionModule
 
     model = model_handle(model)
-    layers = [model.resolve_layer(l) for l in requested_layers]
+    # as given (int, negative, "norm") or already resolved (num_layers = the norm's output)
+    layers = [l if l == model.num_layers else model.resolve_layer(l) for l in requested_layers]
     stored = stored_layers(model.num_layers, layers, settings.layers)
     store = FeatureStore(store_root, store_fields(model.key, dataset, token, stored, settings))
     if store.complete:

@@ -127,8 +127,9 @@ class FeatureStore:
         return {r["index"] for r in self.shard_records()}
 
     # --- writing --------------------------------------------------------------------------------
-    def write_shard(self, rank: int, records: list[dict[str, Any]], tensors: dict[int, torch.Tensor]) -> None:
-        """Write one shard: `records` for every sample seen; `tensors[l]` (n_selected, B) in order."""
+    def write_shard(self, rank: int, records: list[dict[str, Any]], tensors: dict[int | str, torch.Tensor]) -> None:
+        """Write one shard: `records` for every sample seen; `tensors[l]` (n_selected, ...) in order, keyed by
+        layer (stored as `layer_<l>`) or by name (the causal stages' `logp`, `ids`, ...)."""
         if not records:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ class FeatureStore:
         n_sel = sum(r["selected"] for r in records)
         sel_row = iter(range(n_sel))
         records = [{**r, "row": next(sel_row) if r["selected"] else None} for r in records]
-        named = {f"layer_{l:03d}": t.contiguous() for l, t in tensors.items()}
+        named = {(k if isinstance(k, str) else f"layer_{k:03d}"): t.contiguous() for k, t in tensors.items()}
         if named:
             _atomic_write(self.dir / f"{stem}.safetensors", lambda p: save_file(named, str(p)))
         _atomic_write(self.dir / f"{stem}.json", lambda p: p.write_text(json.dumps({"records": records})))
@@ -163,28 +164,36 @@ class FeatureStore:
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.dir / MANIFEST).read_text())
 
+    def load_named(self, names: tuple[str, ...] | list[str]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """Named tensors (M, ...) of the selected records, rows ordered by dataset index."""
+        by_layer, records = self._load({n: n for n in names})
+        return by_layer, records
+
     def load(self, layers: list[int]) -> tuple[dict[int, torch.Tensor], list[dict[str, Any]]]:
         """Z for each distinct layer (M, B), rows ordered by dataset index, and the selected records.
 
         Reads only the requested layers' tensors of each shard (safetensors reads them lazily)."""
         layers = list(dict.fromkeys(layers))  # a layer listed twice is read once, never doubled
+        return self._load({l: f"layer_{l:03d}" for l in layers})
+
+    def _load(self, wanted: dict[Any, str]) -> tuple[dict[Any, torch.Tensor], list[dict[str, Any]]]:
         records = [r for r in self.shard_records() if r["selected"]]
         of_shard: dict[str, list[int]] = {}  # shard -> positions in `records` of its rows
         for i, r in enumerate(records):
             of_shard.setdefault(r["_shard"], []).append(i)
-        parts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+        parts: dict[Any, list[torch.Tensor]] = {k: [] for k in wanted}
         for shard, positions in of_shard.items():
             rows = [records[i]["row"] for i in positions]
             with safe_open(str(self.dir / f"{shard}.safetensors"), framework="pt") as f:
                 names = set(f.keys())
-                for l in layers:
-                    name = f"layer_{l:03d}"
+                for key, name in wanted.items():
                     if name not in names:
+                        held = sorted(int(k[6:]) for k in names if k.startswith("layer_")) or sorted(names)
                         raise CoxlmmError(
-                            f"layer {l} is not in the feature store {self.dir} (it holds "
-                            f"{sorted(int(k[6:]) for k in names)}); set extraction.layers=all or delete the entry."
+                            f"layer {key} is not in the feature store {self.dir} (it holds {held}); set "
+                            "extraction.layers=all or delete the entry."
                         )
-                    parts[l].append(f.get_tensor(name)[rows])
+                    parts[key].append(f.get_tensor(name)[rows])
         # Row j of the concatenation belongs to records[concat[j]]: put the rows back in record order.
         concat = torch.tensor([i for positions in of_shard.values() for i in positions], dtype=torch.long)
         back = torch.argsort(concat)

@@ -6,6 +6,9 @@ It never drives the model and never writes into shared state: the pipeline write
 `metrics.json` and the loggers, and each artefact to `<name>.json` (or `<name>.png` for a figure).
 A metric that needs an extraction-side source (the position-matched noise states) says so in `needs`
 ("noise:train", "noise:test"); the pipeline's model stages fill those sources before any metric runs.
+A metric that needs "interventions" (metrics/causal.py) also has `plan(inp)`: it says from cached
+tensors which edits to run; the pipeline runs them as model stages and hands the results back in
+`inp.interventions`.
 
 A user adds a metric by writing such a class and listing it with `_target_` in a conf/metrics/*.yaml.
 
@@ -85,6 +88,7 @@ class EvalInput:
     factors: dict[str, list[str]] = field(default_factory=dict)  # the dataset's declared factor values
     n_top: int = 50  # grounding settings the concepts' words were read with
     n_words: int = 10
+    interventions: Any = None  # (plan, results) of the causal model stages, for a metric that needs them
 
     @property
     def eval_split(self) -> Split:

@@ -182,6 +182,33 @@ class RecoveryResult:
         return rows
 
 
+def split_scores(res: "RecoveryResult", V: np.ndarray, Y: np.ndarray, text_known: np.ndarray, suffix: str = ""
+                 ) -> dict[str, float]:
+    """Matched AUROC of each factor's values on the samples whose caption prefix already named the
+    target's value of that factor (`text_known[m, j]`, (M, F) bool) and on the others (image-only):
+    `recovery_matched{suffix}/<factor>/text_known|image_only`, their means over values, and counts.
+    The matching is the one on all samples; a subset without both classes of a value is left out."""
+    out: dict[str, float] = {}
+    factors = np.array([f for f, _ in res.names])
+    pooled: dict[str, list[float]] = {"text_known": [], "image_only": []}
+    for f in dict.fromkeys(factors.tolist()):
+        cols = np.flatnonzero(factors == f)
+        for kind, rows in (("text_known", text_known[:, cols[0]]), ("image_only", ~text_known[:, cols[0]])):
+            vals = []
+            for j in cols:
+                k, y = res.match[j], Y[rows, j]
+                if k is not None and 0 < y.sum() < len(y):
+                    vals.append(auroc(V[rows, k], y))
+            out[f"recovery_n_samples/{f}/{kind}"] = float(rows.sum())
+            if vals:
+                out[f"recovery_matched{suffix}/{f}/{kind}"] = float(np.mean(vals))
+                pooled[kind] += vals
+    for kind, vals in pooled.items():
+        if vals:
+            out[f"recovery_matched{suffix}/{kind}"] = float(np.mean(vals))
+    return out
+
+
 def recovery(V: np.ndarray, names: list[tuple[str, str]], Y: np.ndarray,
              words: Sequence[Sequence[str]] | None = None) -> RecoveryResult:
     """Every recovery score of activations V (M, K) for labels Y (M, F) named `names`."""
@@ -236,9 +263,9 @@ class Recovery:
         K, B = split.V.shape[1], split.Z.shape[1]
         if self.prefix_only and split.noise is not None:
             extra["prefix_only"] = recovery(inp.dictionary.encode(split.noise).numpy(), names, Y, words)
-        if self.random_baseline:
-            from coxlmm.grounding.text import random_directions
+        from coxlmm.grounding.text import random_directions
 
+        if self.random_baseline:
             U_r = random_directions(K, B, seed=inp.seed)
             extra["random"] = recovery(centred_relu(split.Z, U_r, mean).numpy(), names, Y, inp.services.ground(U_r))
         if self.diffmean:
@@ -250,6 +277,16 @@ class Recovery:
             out |= r.scores(suffix=f"_{tag}")
             for row, a in zip(table, r.matched):
                 row[f"auroc_{tag}"] = round(float(a), 4)
+        if any("text_known" in a for a in split.annotations):  # where the information came from
+            known = np.array([[f in (a.get("text_known") or ()) for f, _ in names] for a in split.annotations],
+                             dtype=bool).reshape(len(split), -1)
+            out |= split_scores(res, split.V.detach().float().cpu().numpy(), Y, known)
+            for tag in ("prefix_only", "random"):
+                if tag in extra:
+                    V_tag = inp.dictionary.encode(split.noise).numpy() if tag == "prefix_only" else \
+                        centred_relu(split.Z, random_directions(K, B, seed=inp.seed), mean).numpy()
+                    out |= {k: v for k, v in split_scores(extra[tag], V_tag, Y, known, f"_{tag}").items()
+                            if not k.startswith("recovery_n_samples")}
         return MetricResult(out, {"recovery_table": table})
 
     @staticmethod

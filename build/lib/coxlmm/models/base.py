@@ -54,6 +54,40 @@ def layer_name(index: int, num_layers: int) -> str:
     return NORM if index == num_layers else str(index)
 
 
+def _output_tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _with_tensor(output: Any, h: torch.Tensor) -> Any:
+    return (h, *output[1:]) if isinstance(output, tuple) else ([h, *output[1:]] if isinstance(output, list) else h)
+
+
+def _replace_rows(rows: torch.Tensor, cols: torch.Tensor, states: torch.Tensor):
+    """A forward hook setting output[rows[i], cols[i]] = states[i] (the first call only: one forward)."""
+    def hook(_module, _args, output):
+        h = _output_tensor(output).clone()
+        h[rows.to(h.device), cols.to(h.device)] = states.to(h.device, h.dtype)
+        return _with_tensor(output, h)
+
+    return hook
+
+
+def _add_delta(deltas: torch.Tensor, positions: str):
+    """A forward hook adding deltas (R, H) to the last position of every call (generation: the prefill's
+    last position predicts g_0, decode call j predicts g_j), or to every position ("all")."""
+    def hook(_module, _args, output):
+        h = _output_tensor(output)
+        d = deltas.to(h.device, h.dtype)
+        if positions == "all":
+            h = h + d[:, None, :]
+        else:
+            h = h.clone()
+            h[:, -1] += d
+        return _with_tensor(output, h)
+
+    return hook
+
+
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # (batch, T) generated ids only (no prompt); padded after EOS with pad id
@@ -116,6 +150,60 @@ class LMM(nn.Module, abc.ABC):
     @abc.abstractmethod
     def W_U(self) -> torch.Tensor:
         """Unembedding matrix (vocab, H)."""
+
+    # --- interventions (causal checks) -------------------------------------------------------------
+    @torch.no_grad()
+    def target_logprobs(self, images: list[Image.Image], prefixes: list[list[int]], layer: int,
+                        states: torch.Tensor) -> torch.Tensor:
+        """Next-token log-probabilities at the target position with the layer-L state replaced.
+
+        Row r: image r, prompt ⊕ prefixes[r] (the generated ids before t), and the output of hook point
+        `layer` at the last position (the one that predicts t) replaced by states[r] (R, H); everything
+        else runs as the model does. Returns (R, vocab) float32 log-probabilities on the CPU.
+
+        One teacher-forced forward per row (any adapter with `teacher_forced_states`)."""
+        R = len(images)
+        pos = torch.tensor([len(p) for p in prefixes])
+        pad = int(getattr(self, "pad_id", 0) or 0)
+        generated = torch.full((R, int(pos.max()) + 1), pad, dtype=torch.long)
+        for r, p in enumerate(prefixes):
+            generated[r, : len(p)] = torch.tensor(p, dtype=torch.long)  # the column at len(p) is the target's
+        inputs = self.prepare(images)
+        P = inputs["input_ids"].shape[1]
+        point = self.hook_points()[self.hook_index(layer)]
+        handle = point.register_forward_hook(_replace_rows(torch.arange(R), P - 1 + pos, states))
+        try:
+            out = self.teacher_forced_states(inputs, generated, [self.num_layers])[self.num_layers]
+        finally:
+            handle.remove()
+        h = out[torch.arange(R, device=out.device), pos.to(out.device)]  # (R, H), after the final norm
+        W = self.W_U
+        return torch.log_softmax(h.to(W.device, torch.float32) @ W.float().T, dim=-1).cpu()
+
+    @torch.no_grad()
+    def steered_generate(self, images: list[Image.Image], deltas: torch.Tensor, layer: int, max_new_tokens: int,
+                         positions: str = "generated") -> GenerationOutput:
+        """Greedy captions with deltas[r] (R, H) added to the output of hook point `layer`: at every
+        position that predicts a generated token ("generated": the prompt's last position, then each
+        decode step) or at every position, prompt included ("all"). A zero delta is plain generation."""
+        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.prepare(images).items()}
+        handle = self.hook_points()[self.hook_index(layer)].register_forward_hook(_add_delta(deltas, positions))
+        try:
+            return self.generate(inputs, max_new_tokens=max_new_tokens)
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def caption_loglik(self, images: list[Image.Image], generated: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean log-likelihood per token of each caption generated[r, :lengths[r]] under the unsteered
+        model given image r (teacher-forced): (R,) float32."""
+        inputs = self.prepare(images)
+        h = self.teacher_forced_states(inputs, generated, [self.num_layers])[self.num_layers]  # (R, T, H)
+        W = self.W_U
+        lp = torch.log_softmax(h.to(W.device, torch.float32) @ W.float().T, dim=-1).cpu()
+        tok = lp.gather(-1, generated.cpu()[..., None])[..., 0]  # (R, T)
+        keep = torch.arange(generated.shape[1])[None, :] < lengths.cpu()[:, None]
+        return (tok * keep).sum(1) / keep.sum(1).clamp_min(1)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Logit lens: (n, H) -> (n, vocab) = lm_head(final_norm(h)), computed in float32 on h's device."""

@@ -13,6 +13,9 @@ one pandas DataFrame (`runs.csv`); every table is a group-by / pivot of it:
                        bootstrap 95 % CI over test samples; * = the CI excludes 0
                        (from each job's `test_scores.json`).
     Overlap            tokens x methods (lower = more disentangled), and the mean over tokens.
+    Causal             per method: prediction recovered by the reconstruction, KL, ablation of the top-1
+                       concept against a random direction, steering success and fluency at each α,
+                       with the random-direction and DiffMean controls (when the sweep ran metrics=causal).
     Recovery           per method: matched recovery overall and per factor of the target object,
                        beside the same dictionary on the prefix-only control; corrected purity and
                        grounding accuracy; the centred random dictionary and the supervised DiffMean
@@ -401,12 +404,79 @@ def recovery_table(runs: pd.DataFrame) -> Table:
                   "base rate (0 = chance). Random dict.: centred random directions. DiffMean uses the labels.")
 
 
+def causal_table(runs: pd.DataFrame) -> Table:
+    """Per method: prediction recovered (with its CI), KL, ablation Δ log p(t) against random, steering success
+    and fluency at each α against the random and DiffMean controls (mean over tokens and seeds)."""
+    rows = representative(runs)
+    cells = []
+    if rows.empty or "prediction_recovered" not in rows:
+        return _build("causal", "Causal faithfulness and steering", cells, ["method"])
+    alphas = sorted({float(c.split("alpha_")[1]) for c in rows.columns if c.startswith("steer_success/alpha_")})
+    columns = [("Pred. recovered", "prediction_recovered"), ("KL recon", "kl_recon"), ("KL mean-abl.", "kl_mean"),
+               ("Δlog p(t) top-1 abl.", "top1_ablation_dlogp_t"), ("Δlog p(t) random", "top1_ablation_dlogp_t_random")]
+    columns += [(f"success α={a:g}", f"steer_success/alpha_{a:g}") for a in alphas]
+    columns += [("fluency unsteered", "steer_fluency_unsteered")]
+    columns += [(f"fluency α={a:g}", f"steer_fluency/alpha_{a:g}") for a in alphas]
+    for method in _ordered(rows["method"]):
+        g = rows[rows["method"] == method]
+        label = g["method_display"].iloc[0]
+        for title, key in columns:
+            v = g[key].dropna().astype(float) if key in g else pd.Series(dtype=float)
+            mark = ""
+            if key == "prediction_recovered" and "prediction_recovered_ci_lo" in g and len(g) == 1:
+                lo, hi = g["prediction_recovered_ci_lo"].iloc[0], g["prediction_recovered_ci_hi"].iloc[0]
+                mark = f" [{lo:.2f}, {hi:.2f}]" if _finite(lo) else ""
+            cells.append(((label,), title, float(v.mean()) if len(v) else None,
+                          float(v.std(ddof=0)) if len(v) > 1 else None, mark))
+    for tag, title in (("random", "Random direction (same norm)"), ("diffmean", "DiffMean (supervised)")):
+        for a in alphas:
+            for name, col in (("success", f"success α={a:g}"), ("fluency", f"fluency α={a:g}")):
+                key = f"steer_{name}_{tag}/alpha_{a:g}"
+                v = rows[key].dropna().astype(float) if key in rows else pd.Series(dtype=float)
+                if len(v):
+                    cells.append(((title,), col, float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    return _build("causal", "Causal faithfulness at the target position and steering with the concepts", cells,
+                  ["method"], "Pred. recovered: (E log p_recon(t) − E log p_mean(t)) / (E log p_clean(t) − E log "
+                  "p_mean(t)), [bootstrap 95 % CI] with one job. Δlog p(t): ablating each test sample's top-1 concept vs "
+                  "a random direction of the same norm. Success: share of test samples whose target lacks the matched "
+                  "value and whose steered caption names it. The control rows steer the same values at the same norm.")
+
+
+def split_recovery_table(runs: pd.DataFrame) -> Table:
+    """Per method and factor: matched recovery on the samples whose caption prefix already named the
+    target's value (text-known) and on the others (image-only), beside the prefix-only control and the
+    random dictionary."""
+    rows = representative(runs)
+    cells = []
+    factors = _ordered([c.split("/")[1] for c in rows.columns if c.startswith("recovery_matched/")
+                        and c.count("/") == 2 and c.endswith(("/text_known", "/image_only"))])
+    columns = [("text-known", "recovery_matched/{f}/text_known"), ("image-only", "recovery_matched/{f}/image_only"),
+               ("prefix-only, text-known", "recovery_matched_prefix_only/{f}/text_known"),
+               ("prefix-only, image-only", "recovery_matched_prefix_only/{f}/image_only"),
+               ("random, image-only", "recovery_matched_random/{f}/image_only"),
+               ("n text-known", "recovery_n_samples/{f}/text_known"), ("n image-only", "recovery_n_samples/{f}/image_only")]
+    for method in _ordered(rows["method"]) if factors else []:
+        g = rows[rows["method"] == method]
+        for f in factors:
+            for title, key in columns:
+                k = key.format(f=f)
+                v = g[k].dropna().astype(float) if k in g else pd.Series(dtype=float)
+                cells.append(((g["method_display"].iloc[0], f), title, float(v.mean()) if len(v) else None,
+                              float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    return _build("recovery_split", "Recovery by where the information came from (matched AUROC of the target's "
+                  "factor values)", cells, ["method", "factor"],
+                  "text-known: samples whose generated caption named the target's value of the factor before t "
+                  "(the state that predicts t has read it); image-only: the others. Does the dictionary recover "
+                  "factors that only the image carries? Compare image-only with prefix-only, image-only.")
+
+
 LAYER_COLUMNS = (("Grounding CS", "grounding_cs_mean"), ("Rnd-Words CS", "grounding_cs_random_mean"),
                  ("Grounding BS", "grounding_bs_mean"), ("Rnd-Words BS", "grounding_bs_random_mean"),
                  ("Lens top-1 = t", "lens_top1_t"), ("Lens top-10 ∋ t", "lens_top10_t"),
                  ("Matched", "recovery_matched"), ("Prefix-only", "recovery_matched_prefix_only"),
                  ("Random dict.", "recovery_matched_random"), ("Grounding acc.", "grounding_accuracy"),
-                 ("Overlap", "overlap"), ("Recon. err.", "recon_rel_error_test"))
+                 ("Overlap", "overlap"), ("Recon. err.", "recon_rel_error_test"),
+                 ("Pred. recovered", "prediction_recovered"))
 K_COLUMNS = (("Recon. err. train", "recon_rel_error_train"), ("Recon. err. test", "recon_rel_error_test"),
              ("Overlap", "overlap"), ("L0 (test)", "sparsity_l0_test"), ("Matched", "recovery_matched"),
              ("Random dict.", "recovery_matched_random"))
@@ -432,6 +502,10 @@ def _varies(runs: pd.DataFrame, key: str) -> bool:
 def tables(sweep: Sweep) -> list[Table]:
     runs = sweep.runs
     out = [table1(runs), paired_table(runs, sweep.test_scores), overlap_table(runs), recovery_table(runs)]
+    if any(c.endswith("/image_only") for c in runs.columns):
+        out.append(split_recovery_table(runs))
+    if "prediction_recovered" in runs:
+        out.append(causal_table(runs))
     if _varies(runs, "layer"):
         out.append(by_table(runs.sort_values("layer", na_position="last"), "layer", "layers",
                             "By layer (lens readability: share of samples whose logit-lens top-1 / top-10 is t)",

@@ -153,7 +153,7 @@ def build_export(
         raise ValueError(f"browser export: {len(lens_table)} logit-lens rows for K={K} concepts")
 
     stability = {int(m["concept"]): m for m in artifacts.get("stability_matches") or []}
-    causal = {int(k): v for k, v in (artifacts.get("causal") or {}).items()}
+    causal = {int(k): v for k, v in (artifacts.get("causal") or {}).items() if str(k).isdigit()}
     recovery: dict[int, list] = {}
     for r in artifacts.get("recovery_table") or []:
         if r.get("matched_concept") is not None:
