@@ -305,3 +305,16 @@ def test_dead_concepts_are_reported_with_the_numbers_and_a_working_alpha():
     alpha = float(note.split("try method.alpha=")[1].split(" ")[0])
     alive = build_dictionary("semi_nmf", n_concepts=8, alpha=alpha).fit(Z)
     assert dead_concepts_note(alive, Z, alive.V_train) == ""
+
+
+def test_noise_imgs_with_the_real_images_scores_the_same_as_the_method(cli_setup):
+    """noise.images=real: the 'noise' source is each test sample's own image with its own prefix, i.e.
+    the extraction itself, so the Noise-Imgs column must equal the method's (today's first-token path
+    gave 0.504 against 0.817)."""
+    tmp, args = cli_setup
+    run = tmp / "real"
+    out = coxlmm(*args, "noise.images=real", "metrics=paper", "scorer=embedded", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("cs_top1_mean", "bs_top1_mean"):
+        assert m[f"noise_imgs_{key}"] == pytest.approx(m[key], abs=1e-4), key

@@ -71,6 +71,7 @@ class Sweep:
     runs: pd.DataFrame  # one row per (job, layer)
     points: pd.DataFrame  # per-concept grounding points, with job / method / token / layer
     test_scores: dict[tuple[str, Any], dict[str, Any]]  # (job, layer) -> test_scores.json
+    scorers: list[dict[str, Any]] = field(default_factory=list)  # distinct scorer_fingerprint.json of the jobs
     unfinished: list[str] = field(default_factory=list)  # job dirs with a config but no metrics.json
     jobs: list[Job] = field(default_factory=list)
 
@@ -80,6 +81,7 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     rows: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
     scores: dict[tuple[str, Any], dict[str, Any]] = {}
+    scorers: list[dict[str, Any]] = []
     unfinished: list[str] = []
     jobs: list[Job] = []
     for job_dir in job_dirs(root):
@@ -100,11 +102,15 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
         rows += job
         for sub, data in concepts.items():
             layer = data.get("layer")
-            for path, bucket in ((sub / "grounding_points.json", "points"), (sub / "test_scores.json", "scores")):
+            for path, bucket in ((sub / "grounding_points.json", "points"), (sub / "test_scores.json", "scores"),
+                                 (sub / "scorer_fingerprint.json", "scorer")):
                 if not path.is_file():
                     continue
                 content = json.loads(path.read_text())
-                if bucket == "scores":
+                if bucket == "scorer":
+                    if content not in scorers:
+                        scorers.append(content)
+                elif bucket == "scores":
                     scores[(name, layer)] = content
                 else:
                     ids = {k: job[0][k] for k in ("job", "method", "method_display", "token")}
@@ -113,7 +119,7 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     for key in ID_KEYS:
         if key not in runs:
             runs[key] = None
-    return Sweep(runs, pd.DataFrame(points), scores, unfinished, jobs)
+    return Sweep(runs, pd.DataFrame(points), scores, scorers, unfinished, jobs)
 
 
 def job_status(root: Path, job_dir: Path) -> Job:
@@ -288,7 +294,19 @@ def _build(name: str, title: str, cells: list[tuple[tuple[str, ...], str, float 
 
 
 # --- tables (pure) --------------------------------------------------------------------------------------------
-def table1(runs: pd.DataFrame) -> Table:
+def scorer_note(scorers: Sequence[dict[str, Any]]) -> str:
+    """Which models and scales CS and BS are on (from the jobs' scorer_fingerprint.json)."""
+    parts = []
+    for fp in scorers:
+        clip, bert = fp.get("clip") or {}, fp.get("bert") or {}
+        if clip:
+            parts.append(f"CS: {clip.get('scorer') or clip.get('model', '?')} (2.5 · max(cos, 0))")
+        if bert:
+            parts.append(f"BS: {bert.get('scale', 'raw F1')} of {bert.get('model', '?')} layer {bert.get('layer', '?')}")
+    return ("Scorers: " + "; ".join(dict.fromkeys(parts)) + ".") if parts else ""
+
+
+def table1(runs: pd.DataFrame, scorers: Sequence[dict[str, Any]] = ()) -> Table:
     """Paper Table 1 with the nulls, GT-captions and the methods' test L0 (module doc)."""
     rows = representative(runs)
     cells = []
@@ -315,7 +333,8 @@ def table1(runs: pd.DataFrame) -> Table:
     n_seeds = int(rows.groupby(["token", "method"])["seed"].nunique().max()) if not rows.empty else 0
     spread = "std across seeds" if n_seeds > 1 else "std over test samples"
     note = (f"Mean over test samples, ± {spread} ({n_seeds} seed(s)). Nulls from the Semi-NMF jobs of each token. "
-            "L0 (test): mean non-zero codes per test sample (PCA, k-means and Simple have dense codes).")
+            "L0 (test): mean non-zero codes per test sample (PCA, k-means and Simple have dense codes). "
+            + scorer_note(scorers))
     return _build("table1", "Table 1: test samples, top-1 concept, against the nulls", cells, ["token", "metric"], note)
 
 
@@ -501,7 +520,7 @@ def _varies(runs: pd.DataFrame, key: str) -> bool:
 
 def tables(sweep: Sweep) -> list[Table]:
     runs = sweep.runs
-    out = [table1(runs), paired_table(runs, sweep.test_scores), overlap_table(runs), recovery_table(runs)]
+    out = [table1(runs, sweep.scorers), paired_table(runs, sweep.test_scores), overlap_table(runs), recovery_table(runs)]
     if any(c.endswith("/image_only") for c in runs.columns):
         out.append(split_recovery_table(runs))
     if "prediction_recovered" in runs:
