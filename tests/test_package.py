@@ -62,9 +62,15 @@ def _site_packages(python: Path) -> Path:
 
 @pytest.mark.timeout(900)
 def test_a_wheel_installed_elsewhere_composes_and_runs_the_debug_preset(default_run, cache, tmp_path):
+    import shutil
+
+    # Built from a copy: setuptools writes build/ and *.egg-info into the source tree.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "build", "*.egg-info", "__pycache__", "wandb", ".pytest_cache"))
     dist = tmp_path / "dist"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            str(REPO), "-w", str(dist)], capture_output=True, text=True, timeout=600)
+                            str(src), "-w", str(dist)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = dist.glob("coxlmm-*.whl")
     import zipfile

@@ -1,1 +1,0 @@
-"""Metrics: small objects called with one `EvalContext` (see base.py)."""

@@ -1,3 +1,0 @@
-from coxlmm.models.base import LMM, GenerationOutput
-
-__all__ = ["LMM", "GenerationOutput"]

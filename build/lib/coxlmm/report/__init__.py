@@ -1,1 +1,0 @@
-"""Reporting: figures (PNG), loggers (W&B, CSV), tables of sweeps."""

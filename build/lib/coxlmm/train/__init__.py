@@ -1,1 +1,0 @@
-"""Lightning recipes for the trained parts of the embedded default (connector, scorer heads)."""
