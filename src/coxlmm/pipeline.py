@@ -68,11 +68,6 @@ def dictionary_factory(cfg: DictConfig):
     return lambda seed: build(node, seed=seed)
 
 
-def keep_words(factors: dict[str, list[str]]) -> set[str]:
-    """The words of a dataset's declared factor values: the word filter never drops them."""
-    return {part for values in factors.values() for v in values for part in str(v).split()}
-
-
 # --- model stages ------------------------------------------------------------------------------------------
 @dataclass
 class Stores:
@@ -172,7 +167,7 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
     A metric that needs interventions plans them here (from tensors); they run as model stages
     (`causal_stages`, cached) before the metrics, which read their results."""
     from coxlmm.grounding.concept_set import ConceptSet
-    from coxlmm.grounding.text import concept_words
+    from coxlmm.grounding.text import concept_words, keep_words
     from coxlmm.grounding.visual import top_samples
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -289,6 +289,11 @@ def random_words_like(
     return out
 
 
+def keep_words(factors: dict[str, Sequence[str]]) -> set[str]:
+    """The words of a dataset's declared factor values ("light gray" gives two): the filter keeps them."""
+    return {part for values in factors.values() for v in values for part in str(v).split()}
+
+
 def random_directions(n_concepts: int, hidden_size: int, seed: int = 0) -> torch.Tensor:
     """(K, B) random unit vectors, reproducible for a seed (the Rnd-Words baseline's 'concepts')."""
     g = torch.Generator().manual_seed(seed)

@@ -71,7 +71,7 @@ class GroundingQuality:
         self.n_images, self.seed, self.figure = n_images, seed, figure
 
     def __call__(self, inp: EvalInput) -> MetricResult:
-        from coxlmm.grounding.text import random_words_like
+        from coxlmm.grounding.text import keep_words, random_words_like
 
         scorer = inp.services.scorer
         clip, bert = getattr(scorer, "clip", None), getattr(scorer, "bert", None)
@@ -84,8 +84,8 @@ class GroundingQuality:
             log.warning("grounding quality skipped: no concept has both words and top samples")
             return MetricResult()
         seed = inp.seed if self.seed is None else self.seed
-        keep = {part for values in inp.factors.values() for v in values for part in str(v).split()}
-        random_sets = random_words_like(inp.services.lens, [len(concepts.words[k]) for k in ks], seed=seed, keep=keep)
+        random_sets = random_words_like(inp.services.lens, [len(concepts.words[k]) for k in ks], seed=seed,
+                                        keep=keep_words(inp.factors))
 
         # One (concept, image) pair per row: concept k repeated over its top samples.
         rows = [(j, r) for j, k in enumerate(ks) for r in concepts.top_indices[k][: self.n_images]]

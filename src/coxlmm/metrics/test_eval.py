@@ -146,10 +146,10 @@ class TestSampleScores:
         columns: dict[str, list[list[str]]] = {"top1": [words[t[0]] if t else [] for t in top]}
         sets_of: dict[str, Any] = {}
         if "rnd_words" in self.nulls:
-            from coxlmm.grounding.text import random_words_like
+            from coxlmm.grounding.text import keep_words, random_words_like
 
             lengths = [len(w) or inp.n_words for w in words] + [inp.n_words]  # the last: rows with no concept
-            rnd = random_words_like(inp.services.lens, lengths, seed=seed, keep=_keep(inp))
+            rnd = random_words_like(inp.services.lens, lengths, seed=seed, keep=keep_words(inp.factors))
             columns["rnd_words"] = [rnd[t[0]] if t else rnd[K] for t in top]
             sets_of["rnd_words"] = rnd[:K]
         if "token_only" in self.nulls:
@@ -208,8 +208,3 @@ def _mean_of_ranks(ranks: list[dict[str, torch.Tensor]], metric: str, top: list[
     n = torch.tensor([max(len(t), 1) for t in top], dtype=stacked.dtype)
     have = torch.tensor([[r < len(t) for t in top] for r in range(len(ranks))], dtype=stacked.dtype)
     return (stacked * have).sum(0) / n
-
-
-def _keep(inp: EvalInput) -> set[str]:
-    """The dataset's factor words: never dropped by the word filter."""
-    return {part for values in inp.factors.values() for v in values for part in str(v).split()}
