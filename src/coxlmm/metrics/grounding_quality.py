@@ -103,8 +103,8 @@ class GroundingQuality:
         if bert is not None:
             refs = train.references
             pair_refs = [refs[r] for _, r in rows]
-            per_pair["bs"] = words_bert_scores(bert, word_sets, pair_refs)
-            per_pair["bs_random"] = words_bert_scores(bert, rnd_sets, pair_refs)
+            both = words_bert_scores(bert, word_sets + rnd_sets, pair_refs + pair_refs)  # one call: refs embedded once
+            per_pair["bs"], per_pair["bs_random"] = both[: len(rows)], both[len(rows):]
 
         # Per concept: the mean over its images.
         counts = torch.bincount(owner, minlength=len(ks)).double()

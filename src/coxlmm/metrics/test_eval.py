@@ -79,11 +79,20 @@ class SampleScorer:
 
     def scores(self, word_sets: list[list[str]]) -> dict[str, torch.Tensor]:
         """{"cs": (M,), "bs": (M,)} of word_sets[i] for sample i (a key only where its scorer exists)."""
-        out = {}
+        return self.scores_many({"_": word_sets})["_"]
+
+    def scores_many(self, columns: dict[str, list[list[str]]]) -> dict[str, dict[str, torch.Tensor]]:
+        """`scores` of several columns at once: one BERTScore call for all of them, so each reference
+        caption is embedded once."""
+        out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in columns}
         if self.clip is not None:
-            out["cs"] = words_clip_scores(self.clip, self.img_emb, word_sets)
+            for name, sets in columns.items():
+                out[name]["cs"] = words_clip_scores(self.clip, self.img_emb, sets)
         if self.bert is not None:
-            out["bs"] = words_bert_scores(self.bert, word_sets, self.refs)
+            M = len(self.refs)
+            flat = words_bert_scores(self.bert, [w for sets in columns.values() for w in sets], self.refs * len(columns))
+            for c, name in enumerate(columns):
+                out[name]["bs"] = flat[c * M:(c + 1) * M]
         return out
 
     def gt_captions(self) -> dict[str, torch.Tensor]:
@@ -169,9 +178,10 @@ class TestSampleScores:
                 noise_no_concept = float((V_noise.abs().sum(1) == 0).float().mean())
                 sets_of["noise_imgs"] = noise_words
 
-        per: dict[str, dict[str, torch.Tensor]] = {c: s.scores(ws) for c, ws in columns.items()}
-        ranks = [s.scores([words[t[r]] if r < len(t) else [] for t in top])
-                 for r in range(min(self.top_k, K))]
+        rank_sets = {f"_rank{r}": [words[t[r]] if r < len(t) else [] for t in top] for r in range(min(self.top_k, K))}
+        scored = s.scores_many({**columns, **rank_sets})
+        per = {c: scored[c] for c in columns}
+        ranks = [scored[c] for c in rank_sets]
         out: dict[str, float] = {"n_test_scored": float(M),
                                  "top1_no_concept_frac": float(np.mean([not t for t in top])),
                                  "top1_no_words_frac": float(np.mean([not w for w in columns["top1"]]))}
