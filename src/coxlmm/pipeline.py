@@ -16,7 +16,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction import ExtractionSettings, extract
@@ -100,6 +99,7 @@ class LayerResult:
 def analyse_layer(cfg: DictConfig, lmm, layer: int, train: Features, test: Features | None, out_dir: Path,
                   scorer=None) -> LayerResult:
     """Decompose Z at one layer, ground the concepts, interpret test samples, evaluate, write files."""
+    from coxlmm.concepts.io import save_dictionary
     from coxlmm.grounding.concept_set import ConceptSet
     from coxlmm.grounding.text import concept_words
     from coxlmm.grounding.visual import top_samples
@@ -109,8 +109,10 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train: Features, test: Featu
     Z_train, train_recs = train.Z[layer], train.records
     Z_test, test_recs, V_test = (test.Z[layer], test.records, None) if test is not None else (None, [], None)
 
+    make = _instantiate(cfg.method)  # `_partial_: true` in every conf/method file: a callable
+
     def make_dictionary(seed: int):
-        return _instantiate(cfg.method, seed=seed)
+        return make(seed=seed)  # a fresh, unfitted Dictionary
 
     dictionary = make_dictionary(cfg.seed).fit(Z_train)
     V_train = dictionary.V_train
@@ -141,8 +143,7 @@ def analyse_layer(cfg: DictConfig, lmm, layer: int, train: Features, test: Featu
 
     # Files first (a logger failure must never lose them), then figures, then loggers.
     (out_dir / "concepts.json").write_text(json.dumps(concepts.to_json(), indent=1))
-    save_file({k: v.contiguous() for k, v in dictionary.state_tensors().items()}, str(out_dir / "dictionary.safetensors"),
-              metadata={"config": json.dumps(dictionary.config())})
+    save_dictionary(dictionary, out_dir / "dictionary.safetensors")  # concepts.io.load_dictionary reads it back
     figures = _figures(cfg, concepts, train.dataset, ctx, out_dir)
     return LayerResult(layer, out_dir, concepts, metrics, figures, ctx.train_indices)
 

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from coxlmm.concepts.base import Dictionary, check_number
-from coxlmm.concepts.registry import register
 
 
 def squared_distances(Z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -54,15 +53,44 @@ def kmeans_plus_plus(Z: torch.Tensor, K: int, gen: torch.Generator) -> torch.Ten
     return Z[centres].clone()
 
 
-@register("kmeans")
+def lloyd(Z: torch.Tensor, U: torch.Tensor, max_iter: int, tol: float
+          ) -> tuple[torch.Tensor, int]:
+    """Lloyd iterations from the centroids U (K, B) on Z (M, B): (final centroids, iterations).
+
+    Stops when no centroid moves by more than `tol` × the mean sample norm. An empty cluster is
+    re-seeded with the samples worst served by their centroid."""
+    K = len(U)
+    scale = float(Z.norm(dim=1).mean()) or 1.0
+    for it in range(max_iter):
+        d2 = squared_distances(Z, U)
+        labels = d2.argmin(1)
+        counts = torch.bincount(labels, minlength=K).to(Z.dtype)
+        sums = torch.zeros_like(U).index_add_(0, labels, Z)
+        U_new = sums / counts.clamp_min(1)[:, None]
+        empty = counts == 0
+        if bool(empty.any()):
+            worst = d2.gather(1, labels[:, None])[:, 0].topk(int(empty.sum())).indices
+            U_new[empty] = Z[worst]
+        shift = float((U_new - U).norm(dim=1).max())
+        U = U_new
+        if shift <= tol * scale and not bool(empty.any()):
+            break
+    return U, it + 1
+
+
+def inertia(Z: torch.Tensor, U: torch.Tensor) -> float:
+    """The k-means objective Σ_m min_k ‖z_m − u_k‖² (scikit-learn's `inertia_`)."""
+    return float(squared_distances(Z, U).min(1).values.sum())
+
+
 class KMeans(Dictionary):
     """k-means: U = centroids (not unit norm), V = 1 / (1 + distance)."""
 
     nonnegative = True
 
-    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", max_iter: int = 300,
-                 tol: float = 1e-6) -> None:
-        super().__init__(n_concepts, seed, device)
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 display_name: str | None = None, max_iter: int = 300, tol: float = 1e-6) -> None:
+        super().__init__(n_concepts, seed, device, name, display_name)
         self.max_iter = check_number("kmeans", "max_iter", max_iter, minimum=1, integer=True)
         self.tol = float(check_number("kmeans", "tol", tol))
         self.n_iter_ = 0
@@ -72,23 +100,7 @@ class KMeans(Dictionary):
 
     def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed)
-        U = kmeans_plus_plus(Z, self.n_concepts, gen)
-        scale = float(Z.norm(dim=1).mean()) or 1.0
-        for it in range(self.max_iter):
-            d2 = squared_distances(Z, U)
-            labels = d2.argmin(1)
-            counts = torch.bincount(labels, minlength=self.n_concepts).to(Z.dtype)
-            sums = torch.zeros_like(U).index_add_(0, labels, Z)
-            U_new = sums / counts.clamp_min(1)[:, None]
-            empty = counts == 0
-            if bool(empty.any()):  # re-seed with the samples worst served by their centroid
-                worst = d2.gather(1, labels[:, None])[:, 0].topk(int(empty.sum())).indices
-                U_new[empty] = Z[worst]
-            shift = float((U_new - U).norm(dim=1).max())
-            U = U_new
-            if shift <= self.tol * scale and not bool(empty.any()):
-                break
-        self.n_iter_ = it + 1
+        U, self.n_iter_ = lloyd(Z, kmeans_plus_plus(Z, self.n_concepts, gen), self.max_iter, self.tol)
         return U, inverse_distance(Z, U)
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:

@@ -24,22 +24,21 @@ import torch
 
 from coxlmm.concepts.base import Dictionary, check_choice, check_number
 from coxlmm.concepts.lasso import gram, nonneg_quadratic
-from coxlmm.concepts.registry import register
 from coxlmm.errors import CoxlmmError
 
 WINDOW = 10
 
 
-@register("nmf")
 class NMF(Dictionary):
     """Non-negative matrix factorisation (Z >= 0 required, or an opt-in `shift`)."""
 
     nonnegative = True
     _state_names = ("U", "offset")
 
-    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", shift: str = "none",
-                 max_iter: int = 500, tol: float = 1e-6) -> None:
-        super().__init__(n_concepts, seed, device)
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 display_name: str | None = None, shift: str = "none", max_iter: int = 500,
+                 tol: float = 1e-6) -> None:
+        super().__init__(n_concepts, seed, device, name, display_name)
         self.shift = check_choice("nmf", "shift", shift, ("none", "min", "relu"))
         self.max_iter = check_number("nmf", "max_iter", max_iter, minimum=1, integer=True)
         self.tol = float(check_number("nmf", "tol", tol))
