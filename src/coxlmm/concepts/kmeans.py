@@ -4,14 +4,15 @@
               features (the reference code grounds the raw centroids).
     V (M, K)  v_mk = 1 / (1 + ‖z_m − u_k‖), as in the reference code: in (0, 1], larger = closer.
 
-Initialisation: k-means++ drawn from the seed; then Lloyd iterations until no centroid moves by
-more than `tol` × the mean sample norm. An empty cluster is re-seeded with the sample farthest
-from its centroid. `decode` returns, for each row of V, the centroid of its most active concept
+Initialisation: greedy k-means++ (as scikit-learn) drawn from the seed; then Lloyd iterations
+until no centroid moves by more than `tol` × the mean sample norm. An empty cluster is re-seeded
+with the sample farthest from its centroid. `decode` returns, for each row of V, the centroid of its most active concept
 (the k-means reconstruction); V U would mean nothing for these activations.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,8 +36,11 @@ def nearest_concept_decode(V: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans_plus_plus(Z: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tensor:
-    """K initial centroids (K, B) by k-means++ (Arthur & Vassilvitskii 2007), drawn from `gen`."""
+    """K initial centroids (K, B) by greedy k-means++ (Arthur & Vassilvitskii 2007, as
+    scikit-learn): each new centre is the best of 2 + ⌊ln K⌋ candidates drawn with probability
+    proportional to the squared distance to the nearest centre so far. Drawn from `gen`."""
     M = Z.shape[0]
+    trials = 2 + int(math.log(K))
     first = int(torch.randint(M, (1,), generator=gen))
     centres = [first]
     d2 = squared_distances(Z, Z[first : first + 1])[:, 0]
@@ -47,9 +51,11 @@ def kmeans_plus_plus(Z: torch.Tensor, K: int, gen: torch.Generator) -> torch.Ten
             probs[centres] = 0
         else:
             probs = (d2 / total).to("cpu", torch.float64)
-        nxt = int(torch.multinomial(probs, 1, generator=gen))
-        centres.append(nxt)
-        d2 = torch.minimum(d2, squared_distances(Z, Z[nxt : nxt + 1])[:, 0])
+        cand = torch.multinomial(probs, trials, replacement=True, generator=gen).to(Z.device)
+        d2_cand = torch.minimum(d2[None], squared_distances(Z, Z[cand]).T)  # (trials, M)
+        best = int(d2_cand.sum(1).argmin())
+        centres.append(int(cand[best]))
+        d2 = d2_cand[best]
     return Z[centres].clone()
 
 
