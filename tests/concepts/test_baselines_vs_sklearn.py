@@ -1,8 +1,7 @@
 """The hand-written baselines against scikit-learn on the same Z, with stated tolerances.
 
-    k-means   same initial centroids -> the same Lloyd fixed point: inertia within 1e-9
-              (relative); from k-means++ (different random draws) the mean inertia over 5 seeds
-              within 2 % of scikit-learn's mean over 5 seeds
+    k-means   is scikit-learn's KMeans (the hand-written one was 4-6x slower at the same inertia):
+              the same centroids and inertia as scikit-learn called directly with the same seed
     NMF       same initial (V, U), both coordinate descent (scikit-learn's solver="cd" is HALS):
               final ½‖X − VU‖² within 1e-4 (relative) of scikit-learn's
     PCA       explained variance per component within 1e-8 (relative), the same directions
@@ -21,7 +20,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from coxlmm.concepts import build_dictionary
-from coxlmm.concepts.kmeans import inertia, kmeans_plus_plus, lloyd
+from coxlmm.concepts.kmeans import inertia
 from coxlmm.concepts.nmf import hals
 
 
@@ -58,26 +57,16 @@ def test_pca_explained_variance_matches_sklearn(Zh):
     assert (cos > 1 - 1e-6).all()
 
 
-def test_kmeans_same_init_reaches_sklearns_inertia(Zh):
+def test_kmeans_is_sklearns(Zh):
     from sklearn.cluster import KMeans
 
     K = 6
-    U0 = kmeans_plus_plus(Zh, K, torch.Generator().manual_seed(0))
-    U, _ = lloyd(Zh, U0.clone(), max_iter=300, tol=0.0)
-    with threadpool_limits(1):
-        ref = KMeans(n_clusters=K, init=U0.numpy(), n_init=1, max_iter=300, tol=0.0,
-                     algorithm="lloyd").fit(Zh.numpy())
-    assert abs(inertia(Zh, U) - ref.inertia_) <= 1e-9 * ref.inertia_
-
-
-def test_kmeans_plus_plus_is_as_good_as_sklearns(Zh):
-    from sklearn.cluster import KMeans
-
-    K = 6
-    ours = [inertia(Zh, build_dictionary("kmeans", n_concepts=K, seed=s).fit(Zh).U.double()) for s in range(5)]
-    with threadpool_limits(1):
-        ref = [KMeans(n_clusters=K, n_init=1, random_state=s).fit(Zh.numpy()).inertia_ for s in range(5)]
-    assert np.mean(ours) <= 1.02 * np.mean(ref), f"ours {np.mean(ours):.2f} vs scikit-learn {np.mean(ref):.2f}"
+    for seed in (0, 1):
+        d = build_dictionary("kmeans", n_concepts=K, seed=seed).fit(Zh)
+        with threadpool_limits(1):
+            ref = KMeans(n_clusters=K, n_init=1, random_state=seed, algorithm="lloyd").fit(Zh.numpy())
+        np.testing.assert_allclose(d.U.double().numpy(), ref.cluster_centers_, rtol=1e-6, atol=1e-5)
+        assert inertia(Zh, d.U.double()) == pytest.approx(ref.inertia_, rel=1e-6)
 
 
 def test_nmf_same_init_reaches_sklearns_loss(Zh):

@@ -57,7 +57,7 @@ def test_constraints_and_monotone_objective(Z):
     assert (d.V_train >= 0).all()
     f = lasso_objective(Z, d.V_train, d.U, 1.0)
     # The final V-step can only improve on the last iterate, which beats the first.
-    assert f <= min(d.objective_) * (1 + 1e-9) < d.objective_[0]
+    assert f <= min(d.objective_) * (1 + 1e-7) < d.objective_[0]  # 1e-7: U, V are stored in float32
 
 
 def test_larger_alpha_gives_sparser_codes(Z):

@@ -114,8 +114,7 @@ class SAEModule(L.LightningModule):
             vals, idx = torch.where(dead, a, torch.full_like(a, -1.0)).topk(k_aux, dim=1)
             c_aux = torch.zeros_like(a).scatter(1, idx, vals.clamp_min(0))
             # ‖e − c_aux U‖² with e = x − b − c U held fixed: e Uᵀ = (x − b) Uᵀ − c (U_fixed Uᵀ).
-            cU = (c @ U).detach()
-            eU = x @ U.T - b.detach() @ U.T - cU @ U.T
+            eU = P - b.detach() @ U.T - (c @ U).detach() @ U.T
             aux = (r2.detach() - 2 * (c_aux * eU).sum(1) + ((c_aux @ G) * c_aux).sum(1)).mean()
             loss = loss + self.sae.aux_coef * min(1.0, n_dead / self.aux_k) * aux
         self.losses.append(main.detach())
