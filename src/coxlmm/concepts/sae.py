@@ -68,8 +68,9 @@ class SAEModule(L.LightningModule):
         ‖x − b − c U‖² = ‖x‖² − 2 x·b + ‖b‖² − 2 c·(P − q) + (c G)·c,
     exact, so a step costs one (n, B) × (B, 2K + 1) product forward (x [W_enc; U; b]ᵀ) and its
     transpose backward; everything else is K-sized. The same expansion gives each Matryoshka
-    prefix (a slice of c, P, q and G) and the AuxK error. The terms cancel (‖x‖² ≈ the error ×
-    1 / FVU), so they are computed in float32 whatever the Trainer's precision.
+    prefix (a slice of c, P, q and G) and the AuxK error. The expansion subtracts terms as large
+    as ‖x‖² to leave the error, which half precision would lose, so the step runs outside
+    autocast, in the parameters' dtype (float32 unless the Trainer's precision is "64-true").
     """
 
     def __init__(self, sae: "SparseAutoencoder", X: torch.Tensor, gen: torch.Generator,
@@ -91,7 +92,7 @@ class SAEModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, x2 = batch
         with torch.autocast(x.device.type, enabled=False):
-            return self._loss(x.float(), x2.float())
+            return self._loss(x.to(self.W_dec.dtype), x2.to(self.W_dec.dtype))
 
     def _loss(self, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         K = self.W_dec.shape[0]
