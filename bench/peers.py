@@ -43,7 +43,6 @@ import types
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -185,7 +184,7 @@ def topk_sae(table: Table, Z: torch.Tensor, oc_sae) -> None:
     mse = lambda x, x_hat, pre_codes, codes, dictionary: (x - x_hat).square().mean()
     mean = Z.mean(0)
     for label, X, shift in ((f"overcomplete (k={TOPK})", Z, 0.0),  # the README recipe, on Z as it is
-                            (f"overcomplete centred", Z - mean, mean)):  # given the mean (it has no bias)
+                            ("overcomplete centred", Z - mean, mean)):  # given the mean (it has no bias)
         torch.manual_seed(0)
         sae = oc_sae.TopKSAE(Z.shape[1], nb_concepts=K, top_k=TOPK)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=BATCH, shuffle=True)
