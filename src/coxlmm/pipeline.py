@@ -224,7 +224,7 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
         if str(c["id"]) in (artifacts.get("causal") or {}):
             c["causal"] = artifacts["causal"][str(c["id"])]
     (out_dir / "concepts.json").write_text(json.dumps(doc, indent=1, default=_json_default))
-    from coxlmm.concepts.base import Dictionary  # noqa: F401 - the saved format is the method's own
+    from coxlmm.concepts.io import save_dictionary
 
     save_dictionary(dictionary, out_dir / "dictionary.safetensors")
     figures: dict[str, str] = {}
@@ -272,13 +272,6 @@ def causal_stages(cfg: DictConfig, spec, stores: Stores, test: Features | None, 
                  len(plan.steer.directions) if plan.steer is not None else 0, duration(time.perf_counter() - t0))
         inp = dataclasses.replace(inp, interventions=(plan, CausalResults(target, steer)))
     return inp
-
-
-def save_dictionary(dictionary, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in dictionary.state_tensors().items()}, str(path),
-              metadata={"config": json.dumps(dictionary.config())})
 
 
 def _report(out_dir: Path, inp: EvalInput, keep: set[str], scores: dict[str, float], artifacts: dict) -> None:

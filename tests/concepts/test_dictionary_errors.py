@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coxlmm.concepts import available_methods, build_dictionary
+from coxlmm.concepts import build_dictionary, method_names
 from coxlmm.errors import CoxlmmError
 
 
-@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("method", method_names())
 def test_more_concepts_than_samples(method):
     Z = torch.rand(5, 8)
     with pytest.raises(CoxlmmError, match=r"n_concepts=6 is larger than the number of samples M=5"):
@@ -37,12 +37,12 @@ def test_nmf_refuses_negative_features_and_names_the_opt_in():
         assert (build_dictionary("nmf", n_concepts=3, shift=shift).fit(Z).V_train >= 0).all()
 
 
-def test_unknown_method_lists_the_registered_ones():
+def test_unknown_method_lists_the_config_files():
     with pytest.raises(CoxlmmError) as err:
         build_dictionary("ica", n_concepts=3)
     msg = str(err.value)
     assert "'ica'" in msg
-    for name in available_methods():
+    for name in method_names():
         assert name in msg
 
 
@@ -61,10 +61,14 @@ def test_malformed_features(Z, match):
     ("nmf", {"shift": "abs"}, r"shift='abs' is invalid; accepted values: none, min, relu"),
     ("random_dict", {"activation": "tanh"}, r"accepted values: lasso, relu"),
     ("kmeans", {"max_iter": 0}, r"max_iter=0 is invalid"),
+    ("semi_nmf", {"alpha_scale": "median"}, r"alpha_scale='median' is invalid; accepted values: absolute, relative"),
+    ("topk_sae", {"k": 30}, r"k=30 active latents per sample exceeds n_concepts=2"),
+    ("topk_sae", {"k": 1, "lr": 0.0}, r"lr=0.0 is invalid; it must be a number > 0"),
+    ("matryoshka_sae", {"n_concepts": 4, "k": 1, "group_sizes": [1, 1]}, r"group_sizes=\[1, 1\] must be positive and sum to n_concepts=4"),
 ])
 def test_bad_parameters(method, params, match):
     with pytest.raises(CoxlmmError, match=match):
-        build_dictionary(method, n_concepts=2, **params)
+        build_dictionary(method, **{"n_concepts": 2, **params})
 
 
 @pytest.mark.parametrize("n_concepts", [0, -3, 2.5, "20"])

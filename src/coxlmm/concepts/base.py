@@ -5,11 +5,15 @@ Notation (the paper's, row-major, one row per sample):
     U (K, B)  the dictionary, one concept u_k per row
     V (M, K)  concept activations, Z ≈ V U
 
-A method subclasses `Dictionary`, implements `_fit` (returns U and the training activations),
-`_encode` and `params`, lists the tensors that define it in `_state_names`, and registers itself
-with `@register("name")`. Computation runs in float64 on `device` (the matrices are small: K×K Gram
-matrices and a few skinny products with Z, so float64 costs little and keeps the objective
-exact); results come back as float32 on the CPU.
+A method is one module with a `Dictionary` subclass and one `conf/method/<name>.yaml` whose
+`_target_` names the class (`_partial_: true`: the pipeline adds the seed). The subclass
+implements `_fit` (returns U and the training activations), `_encode` and `params`, lists the
+tensors that define it in `_state_names` and the scalars its fit learns in `_fitted_names` (both
+saved by `concepts.io.save_dictionary`). A dictionary's `name` and `display_name` come from its
+config file, so one class can serve several configs (nmf and nmf_shifted). Computation runs in
+`compute_dtype` (float64 for the factorisations: the matrices are small — K×K Gram matrices and
+a few skinny products with Z — so float64 costs little and keeps the objective exact) on
+`device`; results come back as float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -106,31 +110,37 @@ def check_features(Z: Any, n_concepts: int | None = None, *, what: str = "Z") ->
 class Dictionary(abc.ABC):
     """A concept dictionary: `fit(Z)` learns U (K, B); `encode(Z)` gives activations V (M, K)."""
 
-    name: ClassVar[str]  # registry name, set by @register
     nonnegative: ClassVar[bool]  # True when every activation V is promised >= 0
+    compute_dtype: ClassVar[torch.dtype] = COMPUTE_DTYPE  # dtype of Z inside _fit / _encode
     _state_names: ClassVar[tuple[str, ...]] = ("U",)  # tensors that define a fitted dictionary
+    _fitted_names: ClassVar[tuple[str, ...]] = ()  # JSON scalars learnt by fit (e.g. alpha_effective_)
 
-    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu") -> None:
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 display_name: str | None = None) -> None:
         self.n_concepts = check_n_concepts(n_concepts)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise CoxlmmError(f"seed must be an integer, got {seed!r}.")
         self.seed = seed
         self.device = str(device)
-        self.U: torch.Tensor | None = None  # (K, B) float32 CPU, set by fit / from_state
+        # The config file's stem and table label; a class built by hand is named after itself.
+        self.name = str(name) if name else type(self).__name__.lower()
+        self.display_name = str(display_name) if display_name else self.name
+        self.U: torch.Tensor | None = None  # (K, B) float32 CPU, set by fit / io.load_dictionary
         self.V_train: torch.Tensor | None = None  # (M, K) activations of the fitted Z
 
     # --- to implement -------------------------------------------------------------------------
     @abc.abstractmethod
     def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Z (M, B) float64 on device -> (U (K, B), V_train (M, K)); may set extra state."""
+        """Z (M, B) in compute_dtype on device -> (U (K, B), V_train (M, K)); may set extra state."""
 
     @abc.abstractmethod
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
-        """Z (M, B) float64 on device -> V (M, K)."""
+        """Z (M, B) in compute_dtype on device -> V (M, K)."""
 
     @abc.abstractmethod
     def params(self) -> dict[str, Any]:
-        """Method parameters (besides K, seed, device), JSON-serialisable."""
+        """Method parameters (besides K, seed, device, names), JSON-serialisable: the keyword
+        arguments that rebuild the same unfitted dictionary."""
 
     def _decode(self, V: torch.Tensor) -> torch.Tensor:
         """V (M, K) float64 CPU -> Z_hat (M, B). Default: V U."""
@@ -141,7 +151,7 @@ class Dictionary(abc.ABC):
         """Learn U from Z (M, B); sets `U` (K, B) and `V_train` (M, K). Returns self."""
         Z = check_features(Z, self.n_concepts)
         dev = resolve_device(self.device)
-        U, V = self._fit(Z.to(dev, COMPUTE_DTYPE))
+        U, V = self._fit(Z.to(dev, self.compute_dtype))
         self.U = U.detach().to("cpu", torch.float32).contiguous()
         self.V_train = V.detach().to("cpu", torch.float32).contiguous()
         return self
@@ -155,7 +165,7 @@ class Dictionary(abc.ABC):
                 f"Z has {Z.shape[1]} dimensions per row but the dictionary was fit on features "
                 f"with B={U.shape[1]}: encode features from the same model and layer."
             )
-        V = self._encode(Z.to(resolve_device(self.device), COMPUTE_DTYPE))
+        V = self._encode(Z.to(resolve_device(self.device), self.compute_dtype))
         return V.detach().to("cpu", torch.float32)
 
     def decode(self, V: torch.Tensor) -> torch.Tensor:
@@ -175,48 +185,40 @@ class Dictionary(abc.ABC):
                 for n in self._state_names}
 
     def config(self) -> dict[str, Any]:
-        """Name, K, seed, device and method params; JSON-serialisable."""
+        """`_target_`, names, K, seed, device, method params and what the fit learnt besides
+        tensors (`fitted`); JSON-serialisable. `concepts.io.load_dictionary` rebuilds from it."""
+        cls = type(self)
         return {
+            "_target_": f"{cls.__module__}.{cls.__qualname__}",
             "name": self.name,
+            "display_name": self.display_name,
             "n_concepts": self.n_concepts,
             "seed": self.seed,
             "device": self.device,
             "params": self.params(),
+            "fitted": {n: getattr(self, n, None) for n in self._fitted_names},
         }
 
-    @classmethod
-    def from_state(
-        cls, tensors: dict[str, torch.Tensor], config: dict[str, Any], device: str | None = None
-    ) -> "Dictionary":
-        """Inverse of `state_tensors` + `config`. Called on `Dictionary` itself, the method is
-        looked up by `config["name"]`. `device` overrides the saved one (e.g. fit on GPU, load on
-        CPU). `V_train` is not saved: re-encode the training features if needed."""
-        from coxlmm.concepts.registry import get_method
-
-        name = config.get("name")
-        target = get_method(name) if getattr(cls, "name", None) is None else cls
-        if target.name != name:
-            raise CoxlmmError(
-                f"config describes a {name!r} dictionary but {target.name!r} was asked to load it."
-            )
-        obj = target(
-            n_concepts=config["n_concepts"],
-            seed=config.get("seed", 0),
-            device=device if device is not None else config.get("device", "cpu"),
-            **config.get("params", {}),
-        )
-        missing = [n for n in target._state_names if n not in tensors]
+    def restore(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any]) -> "Dictionary":
+        """Set the state of a fitted dictionary (inverse of `state_tensors` and `config()["fitted"]`).
+        `V_train` is not restored: encode the training features again if needed."""
+        missing = [n for n in self._state_names if n not in tensors]
+        missing += [n for n in self._fitted_names if fitted.get(n) is None]
         if missing:
             raise CoxlmmError(
-                f"saved {name!r} dictionary lacks tensors {missing}; it needs {list(target._state_names)}."
+                f"the saved {self.name!r} dictionary lacks {missing}; a {type(self).__name__} needs "
+                f"tensors {list(self._state_names)} and fitted values {list(self._fitted_names)}. "
+                "It was probably written by an older coxlmm: fit it again."
             )
-        for n in target._state_names:
-            setattr(obj, n, tensors[n].detach().to("cpu", torch.float32).clone())
-        if obj.U.ndim != 2 or obj.U.shape[0] != obj.n_concepts:
+        for n in self._state_names:
+            setattr(self, n, tensors[n].detach().to("cpu", torch.float32).clone())
+        for n in self._fitted_names:
+            setattr(self, n, fitted[n])
+        if self.U.ndim != 2 or self.U.shape[0] != self.n_concepts:
             raise CoxlmmError(
-                f"saved U has shape {tuple(obj.U.shape)}, expected (K={obj.n_concepts}, B)."
+                f"saved U has shape {tuple(self.U.shape)}, expected (K={self.n_concepts}, B)."
             )
-        return obj
+        return self
 
     def _fitted_U(self) -> torch.Tensor:
         if self.U is None:
@@ -225,15 +227,17 @@ class Dictionary(abc.ABC):
 
     def __repr__(self) -> str:
         state = "fitted" if self.U is not None else "unfitted"
-        return f"{type(self).__name__}(n_concepts={self.n_concepts}, seed={self.seed}, {state})"
+        return (f"{type(self).__name__}(name={self.name!r}, n_concepts={self.n_concepts}, "
+                f"seed={self.seed}, {state})")
 
 
-def top_eigh(S: torch.Tensor, k: int, max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+def top_eigh(S: torch.Tensor, k: int, max_iter: int = 100, tol: float = 1e-12
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest eigenpairs of a symmetric positive semi-definite S (n, n): (values (k,)
     descending, vectors (n, k)).
 
     Block power iteration with Rayleigh–Ritz on 2k vectors from a fixed start (deterministic,
-    independent of any seed), stopped when every residual ‖S v − λ v‖ is below 1e-12 λ_max: for
+    independent of any seed), stopped when every residual ‖S v − λ v‖ is below tol · λ_max: for
     20 pairs of a 2000 × 2000 Gram matrix about 5× faster than a full eigen-decomposition, and as
     accurate. Its speed depends on the gap between λ_k and λ_2k; when that gap is too small to
     converge in `max_iter` steps (or S is small), the full `torch.linalg.eigh` answers instead.
@@ -251,7 +255,7 @@ def top_eigh(S: torch.Tensor, k: int, max_iter: int = 100) -> tuple[torch.Tensor
                 w, E = w.flip(0)[:k], E.flip(1)[:, :k]
                 v = Q @ E
                 residual = (SQ @ E - v * w).norm(dim=0)
-                if float(residual.max()) <= 1e-12 * max(float(w[0]), 1e-300):
+                if float(residual.max()) <= tol * max(float(w[0]), 1e-300):
                     return w, v
             Q = torch.linalg.qr(SQ)[0]
     w, v = torch.linalg.eigh(S)
@@ -260,20 +264,24 @@ def top_eigh(S: torch.Tensor, k: int, max_iter: int = 100) -> tuple[torch.Tensor
 
 def flip_signs(L: torch.Tensor) -> torch.Tensor:
     """±1 per column of L (M, r) making the entry of largest magnitude positive (scikit-learn's
-    `svd_flip` convention), so signs do not depend on the LAPACK build."""
+    `svd_flip` convention; ties go to the first such entry, as numpy's argmax), so signs do not
+    depend on the LAPACK build."""
     sign = torch.sign(L.gather(0, L.abs().argmax(0, keepdim=True))).squeeze(0)
     sign[sign == 0] = 1
     return sign
 
 
-def svd_top(Z: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def svd_top(Z: torch.Tensor, K: int, signs: str = "left"
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top singular triplets of Z (M, B): (L (M, r), S (r,), R (r, B)) with Z ≈ L diag(S) R.
 
     r <= K: components whose singular value is zero (to 1e-10 relative; beyond the rank of Z)
     are dropped, so R always has orthonormal rows. Computed from the top eigenpairs of the
     smaller Gram matrix (Z Zᵀ or Zᵀ Z) in float64: several times faster than a full SVD and
-    accurate for the leading components, which is all initialisation and PCA need. Signs follow
-    `flip_signs` on L.
+    accurate for the leading components, which is all initialisation and PCA need. Signs:
+    `signs="left"` makes the largest entry of each column of L positive (scikit-learn's
+    `svd_flip(u_based_decision=True)`, used by DictionaryLearning's init); `signs="right"` that
+    of each row of R (`u_based_decision=False`, scikit-learn's PCA since 1.5).
     """
     Z = Z.to(COMPUTE_DTYPE)
     M, B = Z.shape
@@ -286,8 +294,17 @@ def svd_top(Z: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.
         L, R = evecs, (Z.T @ evecs / S).T
     else:
         L, R = Z @ evecs / S, evecs.T
-    sign = flip_signs(L)
+    sign = flip_signs(L) if signs == "left" else flip_signs(R.T)
     return L * sign, S, R * sign[:, None]
+
+
+def effective_alpha(alpha: float, alpha_scale: str, Z: torch.Tensor) -> float:
+    """The l1 weight actually used: `alpha` itself (`alpha_scale="absolute"`, the reference's λ),
+    or alpha × the median row norm ‖z_m‖ of the training Z (`"relative"`), so that one value
+    means the same sparsity on features of any scale (‖z‖ ≈ 637 on DePALM-mini, ≈ 0.3 elsewhere)."""
+    if alpha_scale == "absolute":
+        return float(alpha)
+    return float(alpha) * float(Z.norm(dim=1).median())
 
 
 def check_number(method: str, param: str, value: Any, *, minimum: float = 0.0,

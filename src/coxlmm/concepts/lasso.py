@@ -71,25 +71,83 @@ def _solve_passive(G: torch.Tensor, C: torch.Tensor, F: torch.Tensor, tol: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row m: x_F = G_FF⁻¹ c_F, x_E = 0 (E = not F), and the KKT violations.
 
-    Every row gets the (K, K) matrix holding G_FF on its passive block and the identity
-    elsewhere, and one batched Cholesky solve handles them all. (Grouping rows by passive set
-    does not pay: on LLM features nearly every row has its own.) A coordinate violates the KKT
-    conditions when it is passive and x < 0, or not passive and the gradient (G x − c) < 0.
+    A coordinate violates the KKT conditions when it is passive and x < 0, or not passive and
+    the gradient (G x − c) < 0. Each row is solved through the smaller of its two systems, so no
+    system is larger than K/2: rows with |E| < |F| through the Schur complement of H = G⁻¹ (an
+    |E| × |E| system, `_solve_schur`), the others through G_FF (`_solve_direct`). Rows are
+    batched by system size. (At K = 20 one batched solve of 2,000 (10, 10) systems costs a fifth
+    of 2,000 (20, 20) ones, and most rows are near-full at small α or sparse at large α.)
     """
-    Fd = F.to(G.dtype)
-    Gm = G.expand(len(F), -1, -1).mul(Fd[:, :, None]).mul_(Fd[:, None, :])
-    Gm.diagonal(dim1=1, dim2=2).add_(1.0 - Fd)
-    rhs = (C * Fd)[:, :, None]
-    L, info = torch.linalg.cholesky_ex(Gm)
-    if bool((info != 0).any()):  # G numerically singular on some block
-        x = torch.linalg.lstsq(Gm, rhs).solution[:, :, 0]
-    else:
-        x = torch.linalg.solve_triangular(
-            L.mT, torch.linalg.solve_triangular(L, rhs, upper=False), upper=True)[:, :, 0]
-    x = x * Fd
+    K = C.shape[1]
+    n_in = F.sum(1)
+    schur = n_in > K - n_in
+    H = _inverse(G) if bool(schur.any()) else None
+    if H is None:
+        schur[:] = False
+    x = torch.zeros_like(C)
+    if bool(schur.any()):
+        x[schur] = _solve_schur(H, C[schur], F[schur])
+    if not bool(schur.all()):
+        x[~schur] = _solve_direct(G, C[~schur], F[~schur])
     grad = x @ G - C
+    # H is only as good as G's conditioning (two near-identical atoms make it useless): a Schur
+    # row whose x_F does not zero the gradient on F (to 1e-6, relative) is solved directly.
+    inexact = schur & torch.where(F, grad.abs() > 1e5 * tol, False).any(1)
+    if bool(inexact.any()):
+        x[inexact] = _solve_direct(G, C[inexact], F[inexact])
+        grad[inexact] = x[inexact] @ G - C[inexact]
     bad = torch.where(F, x < -tol, grad < -tol)
     return x, bad
+
+
+def _inverse(G: torch.Tensor) -> torch.Tensor | None:
+    """G⁻¹ through its Cholesky factor; None when G is not numerically positive definite."""
+    L, info = torch.linalg.cholesky_ex(G)
+    return torch.cholesky_inverse(L) if int(info) == 0 else None
+
+
+def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched A⁻¹ b for symmetric positive definite A (n, s, s), b (n, s); least squares when
+    some A is numerically singular."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):
+        return torch.linalg.lstsq(A, b[:, :, None]).solution[:, :, 0]
+    y = torch.linalg.solve_triangular(L, b[:, :, None], upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)[:, :, 0]
+
+
+def _solve_direct(G: torch.Tensor, C: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    """x_F = G_FF⁻¹ c_F, x_E = 0: rows batched by |F|, each system gathered to its own size."""
+    x = torch.zeros_like(C)
+    n_in = F.sum(1)
+    order = torch.argsort((~F).to(torch.int8), dim=1, stable=True)  # passive coordinates first
+    for size in torch.unique(n_in).tolist():
+        if size == 0:
+            continue
+        rows = (n_in == size).nonzero()[:, 0]
+        idx = order[rows, :size]  # (n_g, size) the passive coordinates of each row
+        x[rows[:, None], idx] = _spd_solve(G[idx[:, :, None], idx[:, None, :]], C[rows].gather(1, idx))
+    return x
+
+
+def _solve_schur(H: torch.Tensor, C: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    """x_F = G_FF⁻¹ c_F, x_E = 0 from H = G⁻¹, for rows with few coordinates outside F.
+
+    With y = H c̃ (c̃ = c with c_E = 0), the Schur complement gives x = y − H_{·E} H_EE⁻¹ y_E (so
+    x_E = 0): one (n, K) × (K, K) product and an |E| × |E| system per row, batched by |E|."""
+    y = (C * F.to(C.dtype)) @ H
+    x = y.clone()
+    n_out = (~F).sum(1)
+    order = torch.argsort(F.to(torch.int8), dim=1, stable=True)  # excluded coordinates first
+    for size in torch.unique(n_out).tolist():
+        if size == 0:
+            continue
+        rows = (n_out == size).nonzero()[:, 0]
+        E = order[rows, :size]  # (n_g, size)
+        w = _spd_solve(H[E[:, :, None], E[:, None, :]], y[rows].gather(1, E))
+        x[rows] = y[rows] - (w[:, None, :] @ H[E])[:, 0]
+        x[rows[:, None], E] = 0.0
+    return x
 
 
 def nonneg_lasso(Z: torch.Tensor, U: torch.Tensor, alpha: float,

@@ -24,22 +24,21 @@ import torch
 
 from coxlmm.concepts.base import Dictionary, check_choice, check_number
 from coxlmm.concepts.lasso import gram, nonneg_quadratic
-from coxlmm.concepts.registry import register
 from coxlmm.errors import CoxlmmError
 
 WINDOW = 10
 
 
-@register("nmf")
 class NMF(Dictionary):
     """Non-negative matrix factorisation (Z >= 0 required, or an opt-in `shift`)."""
 
     nonnegative = True
     _state_names = ("U", "offset")
 
-    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", shift: str = "none",
-                 max_iter: int = 500, tol: float = 1e-6) -> None:
-        super().__init__(n_concepts, seed, device)
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 display_name: str | None = None, shift: str = "none", max_iter: int = 500,
+                 tol: float = 1e-6) -> None:
+        super().__init__(n_concepts, seed, device, name, display_name)
         self.shift = check_choice("nmf", "shift", shift, ("none", "min", "relu"))
         self.max_iter = check_number("nmf", "max_iter", max_iter, minimum=1, integer=True)
         self.tol = float(check_number("nmf", "tol", tol))
@@ -75,18 +74,7 @@ class NMF(Dictionary):
         scale = (float(X.mean()) / K) ** 0.5  # scikit-learn's "random" init scale
         V = (scale * torch.rand(M, K, generator=gen, dtype=X.dtype)).to(X.device)
         U = (scale * torch.rand(K, B, generator=gen, dtype=X.dtype)).to(X.device)
-        x2 = float(X.pow(2).sum())
-        best: list[float] = []
-        for it in range(self.max_iter):
-            A, P = V.T @ V, V.T @ X
-            U = _hals_rows(U, A, P)
-            G, C = U @ U.T, X @ U.T
-            V = _hals_rows(V.T, G, C.T).T
-            f = 0.5 * (x2 - 2 * float((C * V).sum()) + float((G * (V.T @ V)).sum()))
-            best.append(min(f, best[-1]) if best else f)
-            if len(best) > WINDOW and best[-1 - WINDOW] - best[-1] < self.tol * WINDOW * abs(best[-1]):
-                break
-        self.n_iter_ = it + 1
+        V, U, self.n_iter_ = hals(X, V, U, self.max_iter, self.tol)
         norms = U.norm(dim=1)
         alive = norms > 0
         U[alive] = U[alive] / norms[alive, None]  # unit atoms; V U unchanged up to the rescale
@@ -103,6 +91,26 @@ class NMF(Dictionary):
     def _nnls(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """argmin_{V >= 0} ½‖X − V U‖² (exact), (M, K)."""
         return nonneg_quadratic(gram(U), X @ U.T)
+
+
+def hals(X: torch.Tensor, V: torch.Tensor, U: torch.Tensor, max_iter: int, tol: float
+         ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """HALS on min_{V, U >= 0} ½‖X − V U‖² from (V (M, K), U (K, B)): (V, U, iterations).
+
+    Each iteration sweeps the rows of U, then the columns of V (exact minimisers, one at a time);
+    stops when the objective fell by less than 10 × `tol` (relative) over the last 10 iterations."""
+    x2 = float(X.pow(2).sum())
+    best: list[float] = []
+    for it in range(max_iter):
+        A, P = V.T @ V, V.T @ X
+        U = _hals_rows(U, A, P)
+        G, C = U @ U.T, X @ U.T
+        V = _hals_rows(V.T, G, C.T).T
+        f = 0.5 * (x2 - 2 * float((C * V).sum()) + float((G * (V.T @ V)).sum()))
+        best.append(min(f, best[-1]) if best else f)
+        if len(best) > WINDOW and best[-1 - WINDOW] - best[-1] < tol * WINDOW * abs(best[-1]):
+            break
+    return V, U, it + 1
 
 
 def _hals_rows(W: torch.Tensor, A: torch.Tensor, P: torch.Tensor) -> torch.Tensor:

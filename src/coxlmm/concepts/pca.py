@@ -6,7 +6,9 @@
     Z_hat     V U + mean
 
 Deterministic: the seed only completes the basis when K exceeds the rank of the centred Z.
-Signs follow scikit-learn's `svd_flip` (see `base.svd_top`).
+Signs follow scikit-learn's PCA (>= 1.5, the reference pins 1.5.2): the entry of largest
+magnitude of each u_k is positive (`svd_flip(u_based_decision=False)`), so the same components
+give the same top concepts and words as `sklearn.decomposition.PCA(K).components_`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,18 @@ from typing import Any
 import torch
 
 from coxlmm.concepts.base import COMPUTE_DTYPE, Dictionary, random_unit_rows, svd_top
-from coxlmm.concepts.registry import register
 from coxlmm.errors import CoxlmmError
 
 
-@register("pca")
 class PCA(Dictionary):
     """PCA: U = principal directions (unit norm), V = signed projections of the centred Z."""
 
     nonnegative = False
     _state_names = ("U", "mean")
 
-    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu") -> None:
-        super().__init__(n_concepts, seed, device)
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 display_name: str | None = None) -> None:
+        super().__init__(n_concepts, seed, device, name, display_name)
         self.mean: torch.Tensor | None = None  # (B,)
 
     def params(self) -> dict[str, Any]:
@@ -43,7 +44,7 @@ class PCA(Dictionary):
             )
         mean = Z.mean(0)
         Zc = Z - mean
-        _, _, U = svd_top(Zc, K)
+        _, _, U = svd_top(Zc, K, signs="right")
         if len(U) < K:  # beyond the rank of Zc: any orthonormal completion is as good
             U = _complete_orthonormal(U, K, torch.Generator().manual_seed(self.seed))
         self.mean = mean.to("cpu", torch.float32)

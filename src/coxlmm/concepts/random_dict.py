@@ -3,7 +3,9 @@
     U (K, B)  K directions drawn from the seed (isotropic Gaussian, normalised), independent of
               the data except for its dimension B
     V (M, K)  activation="lasso" (default): the non-negative lasso of Semi-NMF with U fixed,
-              argmin_{V>=0} ½‖Z − V U‖² + α‖V‖₁; activation="relu": max(0, Z Uᵀ)
+              argmin_{V>=0} ½‖Z − V U‖² + α‖V‖₁; activation="relu": max(0, Z Uᵀ). α is
+              `alpha` (alpha_scale="absolute") or alpha × the median ‖z_m‖ of the training Z
+              ("relative"), recorded as `alpha_effective_` as for Semi-NMF.
 
 It answers "how much of a metric does any dictionary get?": the evaluation compares the learnt
 dictionaries against it.
@@ -15,27 +17,31 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import Dictionary, check_choice, check_number, random_unit_rows
+from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
+                                  random_unit_rows)
 from coxlmm.concepts.lasso import nonneg_lasso
-from coxlmm.concepts.registry import register
 
 
-@register("random_dict")
 class RandomDictionary(Dictionary):
     """K random unit directions; non-negative lasso (or ReLU'd projection) activations."""
 
     nonnegative = True
+    _fitted_names = ("alpha_effective_",)
 
-    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu",
-                 activation: str = "lasso", alpha: float = 1.0) -> None:
-        super().__init__(n_concepts, seed, device)
+    def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 display_name: str | None = None, activation: str = "lasso", alpha: float = 1.0,
+                 alpha_scale: str = "absolute") -> None:
+        super().__init__(n_concepts, seed, device, name, display_name)
         self.activation = check_choice("random_dict", "activation", activation, ("lasso", "relu"))
         self.alpha = float(check_number("random_dict", "alpha", alpha))
+        self.alpha_scale = check_choice("random_dict", "alpha_scale", alpha_scale, ("absolute", "relative"))
+        self.alpha_effective_: float | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"activation": self.activation, "alpha": self.alpha}
+        return {"activation": self.activation, "alpha": self.alpha, "alpha_scale": self.alpha_scale}
 
     def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.alpha_effective_ = effective_alpha(self.alpha, self.alpha_scale, Z)
         gen = torch.Generator().manual_seed(self.seed)
         U = random_unit_rows(self.n_concepts, Z.shape[1], gen).to(Z.device, Z.dtype)
         return U, self._activations(Z, U)
@@ -46,4 +52,4 @@ class RandomDictionary(Dictionary):
     def _activations(self, Z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
             return (Z @ U.T).clamp_min(0)
-        return nonneg_lasso(Z, U, self.alpha)
+        return nonneg_lasso(Z, U, self.alpha_effective_)

@@ -16,10 +16,8 @@ import torch
 
 from coxlmm.concepts.base import Dictionary
 from coxlmm.concepts.kmeans import inverse_distance, nearest_concept_decode
-from coxlmm.concepts.registry import register
 
 
-@register("simple")
 class Simple(Dictionary):
     """U = the K largest-norm rows of Z; V = 1 / (1 + distance)."""
 
