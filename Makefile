@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all run train-mini train-scorer quality paper causal bench clean
+.PHONY: install test test-all run train-mini train-scorer quality paper causal bench bench-peers clean
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,13 @@ bench: install
 	$(PY) bench/extraction_throughput.py
 	$(PY) bench/semi_nmf_vs_sklearn.py
 	$(PY) bench/depalm_probe.py
+
+# The peer libraries are a bench extra, never runtime dependencies: overcomplete's declared requirements
+# (torchvision, timm, opencv) fight the torch pin, so it goes in with --no-deps (docs/methods.md).
+bench-peers: install
+	$(PIP) install -e '.[bench]' && $(PIP) install --no-deps overcomplete==0.3.0
+	$(PY) bench/peers.py
+	$(PY) bench/planted.py --seeds 3
 
 clean:
 	rm -rf outputs/multirun outputs/runs .pytest_cache
