@@ -318,3 +318,17 @@ def test_noise_imgs_with_the_real_images_scores_the_same_as_the_method(cli_setup
     m = json.loads((run / "metrics.json").read_text())
     for key in ("cs_top1_mean", "bs_top1_mean"):
         assert m[f"noise_imgs_{key}"] == pytest.approx(m[key], abs=1e-4), key
+
+
+def test_a_saved_dictionary_is_reused_on_its_layer_and_refused_on_another_before_any_model_runs(cli_setup):
+    tmp, args = cli_setup
+    first = tmp / "fit"
+    assert coxlmm(*args, "layers=[0]", f"hydra.run.dir={first}").returncode == 0
+    saved = first / "dictionary.safetensors"
+    again = coxlmm(*args, "layers=[0]", f"dictionary_path={saved}", f"hydra.run.dir={tmp / 'reuse'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    words = lambda run: [c["words"] for c in json.loads((run / "concepts.json").read_text())["concepts"]]  # noqa: E731
+    assert words(tmp / "reuse") == words(first)
+    other = coxlmm(*args, "layers=[-1]", f"dictionary_path={saved}", f"hydra.run.dir={tmp / 'other'}")
+    assert other.returncode == 2 and "fitted on another layer" in other.stderr
+    assert "loading model" not in other.stdout + other.stderr

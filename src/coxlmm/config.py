@@ -77,6 +77,7 @@ class Config:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    dictionary_path: Optional[str] = None  # a run's dictionary.safetensors to use instead of fitting `method`
     figures: bool = True
     report: bool = True
     print_summary: bool = True

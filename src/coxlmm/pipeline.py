@@ -59,6 +59,37 @@ def resolve_layers(spec, layers: list[Any]) -> list[int]:
     return distinct
 
 
+def provenance(spec, layer: int, token: str) -> dict[str, Any]:
+    """What a dictionary was fitted on: recorded in dictionary.safetensors, checked by `dictionary_path`."""
+    from coxlmm.extraction.store import store_key
+
+    return {"model": store_key(spec.key), "model_id": spec.model_id, "layer": layer, "token": token}
+
+
+def check_saved_dictionary(cfg: DictConfig, spec, layers: list[int]) -> None:
+    """`dictionary_path` must come from the same model and layer as this run's features: checked from the
+    file's recorded provenance before any model runs."""
+    from coxlmm.concepts.io import read_provenance
+
+    if not cfg.dictionary_path:
+        return
+    prov = read_provenance(cfg.dictionary_path)
+    want = provenance(spec, layers[0], cfg.token)
+    if len(layers) != 1:
+        raise CoxlmmError(f"dictionary_path={cfg.dictionary_path!r} is one layer's dictionary: run it with one layer "
+                          f"(layers=[{prov.get('layer', -1)}]), not {list(cfg.layers)}.")
+    if not prov:
+        raise CoxlmmError(f"dictionary_path={cfg.dictionary_path!r} records no provenance (model, layer): it was not "
+                          "written by a coxlmm run of this version; refit it.")
+    for key, what in (("model", "model"), ("layer", "layer")):
+        if prov.get(key) != want[key]:
+            raise CoxlmmError(
+                f"dictionary_path={cfg.dictionary_path!r} was fitted on another {what} than this run's features: it "
+                f"records {key}={prov.get(key)!r} ({prov.get('model_id')}, layer {prov.get('layer')}), this run has "
+                f"{key}={want[key]!r} ({spec.model_id}, layer {layers[0]}). Use the dictionary with the run's model and "
+                "layer, or fit one here (drop dictionary_path).")
+
+
 def dictionary_factory(cfg: DictConfig):
     """seed -> a fresh unfitted dictionary of the run's method and K (the method config's `_target_`)."""
     node = cfg.method
@@ -179,8 +210,17 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
 
     t0 = time.perf_counter()
     Z_train = train.Z[layer]
-    dictionary = refit(Z_train, cfg.seed)
-    V_train = dictionary.V_train
+    if cfg.dictionary_path:  # a saved dictionary (checked against the features before the model stages)
+        from coxlmm.concepts.io import load_dictionary
+
+        dictionary = load_dictionary(cfg.dictionary_path, device=cfg.device)
+        if dictionary.U.shape[1] != Z_train.shape[1]:
+            raise CoxlmmError(f"dictionary_path={cfg.dictionary_path!r} has atoms of width {dictionary.U.shape[1]}, "
+                              f"the features {Z_train.shape[1]}: it belongs to another model.")
+        V_train = dictionary.encode(Z_train)
+    else:
+        dictionary = refit(Z_train, cfg.seed)
+        V_train = dictionary.V_train
     V_test = dictionary.encode(test.Z[layer]) if test is not None else None
     log.info("layer %s: %s, K = %d, fitted on %d x %d in %s", layer_name(layer, num_layers), dictionary.name,
              dictionary.n_concepts, *Z_train.shape, duration(time.perf_counter() - t0))
@@ -226,7 +266,7 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
     (out_dir / "concepts.json").write_text(json.dumps(doc, indent=1, default=_json_default))
     from coxlmm.concepts.io import save_dictionary
 
-    save_dictionary(dictionary, out_dir / "dictionary.safetensors")
+    save_dictionary(dictionary, out_dir / "dictionary.safetensors", provenance(spec, layer, cfg.token))
     figures: dict[str, str] = {}
     for name, art in artifacts.items():
         if hasattr(art, "savefig"):
@@ -329,6 +369,7 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     check_noise(cfg.noise)
     spec = ModelSpec(cfg.model)
     layers = resolve_layers(spec, list(cfg.layers))
+    check_saved_dictionary(cfg, spec, layers)
     metrics = {name: build(node) for name, node in (cfg.metrics or {}).items() if node}
     needs = set().union(*(getattr(m, "needs", frozenset()) for m in metrics.values()))
     train_ds = build(cfg.data, split=cfg.train_split)

@@ -27,12 +27,26 @@ from coxlmm.errors import CoxlmmError
 FORMAT = "coxlmm.dictionary/1"
 
 
-def save_dictionary(d: Dictionary, path: str | Path) -> Path:
-    """Write the fitted dictionary `d` to `path` (safetensors, config in the metadata)."""
+def save_dictionary(d: Dictionary, path: str | Path, provenance: dict | None = None) -> Path:
+    """Write the fitted dictionary `d` to `path` (safetensors, config in the metadata). `provenance`:
+    what it was fitted on (the run records its model, layer, token and feature width), checked when
+    a later run uses it (`dictionary_path=`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(d.state_tensors(), str(path), metadata={"format": FORMAT, "config": json.dumps(d.config())})
+    metadata = {"format": FORMAT, "config": json.dumps(d.config())}
+    if provenance is not None:
+        metadata["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
+    save_file(d.state_tensors(), str(path), metadata=metadata)
     return path
+
+
+def read_provenance(path: str | Path) -> dict:
+    """The `provenance` a run recorded with a saved dictionary ({} when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoxlmmError(f"dictionary_path={str(path)!r}: no such file (a run's dictionary.safetensors).")
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("provenance", "{}"))
 
 
 def load_dictionary(path: str | Path, device: str | None = None) -> Dictionary:
