@@ -598,18 +598,26 @@ def layer_figure(runs: pd.DataFrame):
 
 
 def k_figure(runs: pd.DataFrame):
+    """Reconstruction error against K, and against the test L0 (methods compared at matched sparsity, as
+    SAEBench advises: an SAE's L0 is its k, Semi-NMF's is set by λ), one line per (method, token)."""
     if not _varies(runs, "n_concepts") or "recon_rel_error_train" not in runs:
         return None
-    fig = _figure(figsize=(5.5, 4), layout="constrained")
-    ax = fig.subplots()
+    fig = _figure(figsize=(11, 4), layout="constrained")
+    a, b = fig.subplots(1, 2)
     for (method, token), g in runs.groupby(["method_display", "token"], sort=False):
         g = g.groupby("n_concepts").mean(numeric_only=True).reset_index()
-        g = g.rename(columns={"n_concepts": "layer"})  # _line plots against "layer"
-        _line(ax, g, "recon_rel_error_test", f"{method}, {token}: test", "-o")
-        _line(ax, g, "recon_rel_error_train", f"{method}, {token}: train", "--")
-    ax.set(xlabel="K (concepts)", ylabel="relative reconstruction error ‖Z − VU‖² / ‖Z‖²", title="Reconstruction vs K")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        by_k = g.rename(columns={"n_concepts": "layer"})  # _line plots against "layer"
+        _line(a, by_k, "recon_rel_error_test", f"{method}, {token}: test", "-o")
+        _line(a, by_k, "recon_rel_error_train", f"{method}, {token}: train", "--")
+        if "sparsity_l0_test" in g:
+            _line(b, g.rename(columns={"sparsity_l0_test": "layer"}).sort_values("layer"), "recon_rel_error_test",
+                  f"{method}, {token}", "-o")
+    a.set(xlabel="K (concepts)", ylabel="relative reconstruction error ‖Z − VU‖² / ‖Z‖²", title="Reconstruction vs K")
+    b.set(xlabel="L0 (non-zero codes per test sample)", ylabel="relative reconstruction error (test)",
+          title="Reconstruction vs L0 (matched sparsity)")
+    for ax in (a, b):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     return fig
 
 
