@@ -16,7 +16,8 @@ all orders are tried); an object the caption misses counts as wrong on every fac
     style_acc     share of captions written in the style the prompt asks for
 
 split by the number of objects in the image and, per object, by whether its (shape, colour) is a
-held-out pair (never in the connector's training images; ~11 % of test objects) or a seen one.
+held-out pair (never in the connector's training images; ~11 % of test objects) or a seen one;
+for held-out objects, the colour word the caption gave them (what the model says instead).
 
 Bars (issues 4 and 11), for every style: shape >= 0.95, colour >= 0.90 of all objects. Prints a
 table per style, writes JSON (default outputs/depalm_quality.json) and exits 0 (1 if a bar is
@@ -42,16 +43,20 @@ BARS = {"shape": 0.95, "colour": 0.90}
 GROUPS = ("all", "1_object", "2_object", "heldout_pair", "seen_pair")
 
 
-def match_objects(gt: list[dict], pred: list[dict]) -> list[dict[str, int]]:
-    """Per true object, {factor: 1 if right} under the best matching of predicted to true objects."""
+def assign(gt: list[dict], pred: list[dict]) -> list[dict | None]:
+    """The predicted object matched to each true object (None: missed), best assignment by right factors."""
     padded = pred + [None] * max(0, len(gt) - len(pred))
     best, best_hits = None, -1
     for perm in itertools.permutations(padded, len(gt)):
-        hits = [{f: int(p is not None and p[f] == g[f]) for f in FACTORS} for g, p in zip(gt, perm)]
-        total = sum(sum(h.values()) for h in hits)
+        total = sum(int(p is not None and p[f] == g[f]) for g, p in zip(gt, perm) for f in FACTORS)
         if total > best_hits:
-            best, best_hits = hits, total
+            best, best_hits = list(perm), total
     return best
+
+
+def match_objects(gt: list[dict], pred: list[dict]) -> list[dict[str, int]]:
+    """Per true object, {factor: 1 if right} under the best matching of predicted to true objects."""
+    return [{f: int(p is not None and p[f] == g[f]) for f in FACTORS} for g, p in zip(gt, assign(gt, pred))]
 
 
 def score_image(gt: list[dict], pred: list[dict]) -> dict[str, int]:
@@ -68,11 +73,18 @@ def evaluate(captions: list[str], world: ShapesWorld, style: str | None = None) 
     object by held-out / seen (shape, colour) pair (image-level scores only in the image groups)."""
     counters = {g: {k: 0 for k in (*FACTORS, "object_exact", "objects", "images", "count_ok", "exact", "style_ok")}
                 for g in GROUPS}
+    said: dict[str, dict[str, int]] = {}  # held-out pair -> colour word the caption gave its object
     for cap, rec in zip(captions, world.records):
         gt = objects_of(rec.attributes)
         pred = parse_caption(cap)
+        matched = assign(gt, pred)
         hits = match_objects(gt, pred)
         img = score_image(gt, pred)
+        for g, p, held in zip(gt, matched, rec.attributes["heldout_pair"]):
+            if held:
+                colour = (p or {}).get("colour") or "(none)"
+                pair = said.setdefault(f"{g['colour']} {g['shape']}", {})
+                pair[colour] = pair.get(colour, 0) + 1
         for g in ("all", f"{len(gt)}_object"):
             c = counters[g]
             c["images"] += 1
@@ -95,7 +107,9 @@ def evaluate(captions: list[str], world: ShapesWorld, style: str | None = None) 
                     "style_acc": c["style_ok"] / m}
         return out
 
-    return {g: summary(c) for g, c in counters.items() if c["objects"]}
+    out = {g: summary(c) for g, c in counters.items() if c["objects"]}
+    out["heldout_colour_said"] = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in sorted(said.items())}
+    return out
 
 
 def caption_all(model, world: ShapesWorld, batch_size: int, max_new_tokens: int) -> list[str]:
@@ -111,7 +125,7 @@ def caption_all(model, world: ShapesWorld, batch_size: int, max_new_tokens: int)
 
 def print_table(style: str, prompt: str, res: dict) -> bool:
     """One style's table; returns whether its bars are met."""
-    cols = [g for g in GROUPS if g in res]
+    cols = [g for g in GROUPS if g in res]  # groups with objects
     names = {"all": "all", "1_object": "1 obj", "2_object": "2 obj", "heldout_pair": "held-out", "seen_pair": "seen"}
     print(f"\nstyle {style}  (prompt {prompt!r})")
     print(f"{'':<13}" + "".join(f"{names[g]:>10}" for g in cols) + f"{'bar':>7}")
@@ -121,6 +135,9 @@ def print_table(style: str, prompt: str, res: dict) -> bool:
         print(f"{f:<13}{cells}{(f'{BARS[f]:.2f}' if f in BARS else '-'):>7}")
     for k in ("count_acc", "exact_match", "style_acc"):
         print(f"{k:<13}" + "".join(f"{res[g][k]:10.3f}" if k in res[g] else f"{'-':>10}" for g in cols))
+    said = "; ".join(f"{pair}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+                     for pair, counts in res["heldout_colour_said"].items())
+    print(f"held-out pairs, colour the caption gave: {said}")
     passed = all(res["all"]["accuracy"][f] >= b for f, b in BARS.items())
     print(f"bar (shape >= 0.95, colour >= 0.90 of all objects): {'PASSED' if passed else 'NOT MET'}")
     return passed
