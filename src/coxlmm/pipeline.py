@@ -374,6 +374,10 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     needs = set().union(*(getattr(m, "needs", frozenset()) for m in metrics.values()))
     train_ds = build(cfg.data, split=cfg.train_split)
     test_ds = build(cfg.data, split=cfg.test_split) if cfg.test_split else None
+    style, references = spec.key.get("caption_style"), getattr(train_ds, "caption_style", None)
+    if style and references and references not in (style, "both"):
+        log.warning("model.prompt asks for %s captions but data.caption_style=%s: BERTScore and require_gt compare "
+                    "them with references of the other grammar (set data.caption_style=%s)", style, references, style)
 
     t0 = time.perf_counter()
     stores = model_stages(cfg, spec, layers, train_ds, test_ds, needs)

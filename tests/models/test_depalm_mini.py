@@ -3,7 +3,9 @@
 The contract check is written against the protocol directly (hooks on `decoder_layers()`), so it
 holds whatever the extraction code does: the state captured during `generate` at the position
 predicting " circle" equals `teacher_forced_states` there, and the logit lens of that row predicts
-" circle". SmolLM2 loads once per module (about 20-40 s on 2 cores).
+" circle". The prompt selects the caption style: with the shape-first prompt, the text before each
+matched shape word holds none of its object's other factor words. SmolLM2 loads once per module
+(about 20-40 s on 2 cores).
 """
 
 import json
@@ -14,11 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from coxlmm.data.shapes import ShapesWorld
+from coxlmm.data.shapes import FACTORS, GENERATOR_VERSION, ShapesWorld, caption_style, parse_caption
 from coxlmm.errors import CoxlmmError
+from coxlmm.extraction.matching import find_target
 from coxlmm.models.base import LMM
 from coxlmm.models.depalm_mini import (
     DEFAULT_CONNECTOR,
+    DEFAULT_PROMPT,
+    SHAPE_FIRST_PROMPT,
+    STYLE_PROMPTS,
     VISION_DIM,
     Connector,
     file_sha256,
@@ -27,9 +33,12 @@ from coxlmm.models.depalm_mini import (
     load_language_model,
     load_vision_encoder,
     package_dir,
+    prompt_style,
     save_connector,
     visual_tokens,
 )
+
+V2 = {"image_size": 128, "n_visual_tokens": 16, "world_version": GENERATOR_VERSION, "styles": STYLE_PROMPTS}
 
 
 # --- fast: loading and its errors --------------------------------------------------------------
@@ -90,7 +99,37 @@ def test_shipped_connector_loads_and_matches_its_card():
     with open(os.path.splitext(DEFAULT_CONNECTOR)[0] + ".json") as f:
         card = json.load(f)
     assert card["sha256"] == file_sha256(DEFAULT_CONNECTOR)
-    assert card["config"]["image_size"] == 128 and card["prompt"]
+    assert card["config"]["image_size"] == 128 and card["prompt"] == DEFAULT_PROMPT
+    assert card["styles"] == c.config["styles"] == STYLE_PROMPTS
+    assert card["world_version"] == c.config["world_version"] == GENERATOR_VERSION
+
+
+def test_connector_of_the_old_grammar_is_not_of_this_version(tmp_path):
+    """A v1 connector (one caption style, no `styles` or `world_version` in its metadata) is refused,
+    naming what changed; so is one of this world with a style this code does not know."""
+    path = str(tmp_path / "c.safetensors")
+    save_connector(Connector(VISION_DIM, 64, 576, 16), path, {"image_size": 128, "n_visual_tokens": 16})
+    with pytest.raises(CoxlmmError, match=r"not a DePALM-mini connector of this version.*world v1 with one caption "
+                                          r"style.*world v2.*shape_first.*make train-mini"):
+        load_connector(path, VISION_DIM, 576, 128)
+    with pytest.raises(CoxlmmError, match="not a DePALM-mini connector of this version"):
+        load_depalm_mini(connector_path=path)  # before any model weights load
+    save_connector(Connector(VISION_DIM, 64, 576, 16), path, {**V2, "styles": {"colour_first": "Colours!"}})
+    with pytest.raises(CoxlmmError, match=r"caption styles \['colour_first'\]"):
+        load_connector(path, VISION_DIM, 576, 128)
+    save_connector(Connector(VISION_DIM, 64, 576, 16), path, V2)
+    assert load_connector(path, VISION_DIM, 576, 128).config["styles"] == STYLE_PROMPTS
+
+
+def test_prompt_selects_a_style_or_is_a_clear_error():
+    assert prompt_style(DEFAULT_PROMPT, STYLE_PROMPTS) == "attribute_first"
+    assert prompt_style(SHAPE_FIRST_PROMPT + " ", STYLE_PROMPTS) == "shape_first"
+    with pytest.raises(CoxlmmError, match=r"model.prompt='Describe the image.' selects no caption style.*"
+                                          r"attribute_first: 'Provide a one-sentence caption for the provided image.'.*"
+                                          r"shape_first: 'Provide a one-sentence caption for the provided image, naming"):
+        prompt_style("Describe the image.", STYLE_PROMPTS)
+    with pytest.raises(CoxlmmError, match="selects no caption style"):
+        load_depalm_mini(prompt="Describe the image.")  # the shipped connector's styles; fails before loading
 
 
 # --- with the real model (one load per module) -------------------------------------------------
@@ -154,3 +193,46 @@ def test_adapter_contract_at_the_circle_position(model):
         assert forced[l].shape == (len(idx), T, model.hidden_size)
         torch.testing.assert_close(hooked[l][b, j], forced[l][b, j], atol=1e-4, rtol=1e-4)
     assert int(model.unembed(forced[-1][b, j][None]).argmax(-1)) == circle_id
+
+
+def test_shape_first_prompt_leaves_every_factor_to_the_image(model):
+    """32 test images, shape-first prompt: captions in the shape-first grammar, right on the shapes,
+    and the text before each matched shape word holds none of its object's other factor words
+    (`annotate`: text_known empty); the attribute-first prompt's prefixes hold colour and size."""
+    world = ShapesWorld("test", n_test=32)
+    images = [world[i].image for i in range(len(world))]
+    by_style = {}
+    try:
+        for style, prompt in STYLE_PROMPTS.items():
+            model.set_prompt(prompt)
+            assert model.caption_style == style and model.fingerprint()["caption_style"] == style
+            out = model.generate(model.prepare(images), max_new_tokens=40)
+            by_style[style] = [out.sequences[b, : int(out.lengths[b])].tolist() for b in range(len(world))]
+    finally:
+        model.set_prompt(DEFAULT_PROMPT)
+    tok = model.tokenizer
+    known = {style: [] for style in STYLE_PROMPTS}
+    for style, seqs in by_style.items():
+        right = in_style = 0
+        for rec, gen in zip(world.records, seqs):
+            caption = tok.decode(gen, skip_special_tokens=True).strip()
+            if caption_style(caption) != style:  # a rare grammar slip (bench: 0.99 of captions in style)
+                continue
+            in_style += 1
+            right += [o["shape"] for o in parse_caption(caption)] == rec.attributes["shape"]
+            for shape in set(rec.attributes["shape"]):
+                match = find_target(tok, gen, shape)
+                if match is None:
+                    continue
+                prefix = tok.decode(gen[: match.position], skip_special_tokens=True)
+                a = world.annotate(rec, caption, prefix, shape)
+                assert a["style"] == style and a["target"]["shape"] == shape
+                assert sorted(a["text_known"] + a["image_only"]) == sorted(f for f in FACTORS if f != "shape")
+                known[style].append(a["text_known"])
+                if style == "shape_first":
+                    assert a["text_known"] == [], (caption, prefix)
+                    words = [a["target"][f] for f in FACTORS]
+                    assert not any(w in prefix.lower().split() for w in words), (caption, prefix)
+        assert in_style >= 30 and right >= 28, (style, in_style, right)
+    assert len(known["shape_first"]) >= 32
+    assert sum("colour" in k for k in known["attribute_first"]) >= 0.9 * len(known["attribute_first"])

@@ -1,7 +1,8 @@
 """Sample types and the base captioning dataset every data source derives from.
 
 A dataset is a list of lightweight `SampleRecord`s (id, captions, where the image is, optional
-ground-truth attributes) plus a way to load one image. `__getitem__` returns a `Sample` whose
+ground-truth attributes) plus a way to load one image. A dataset with ground-truth factors declares
+them (`factor_values`) and may label what a generated caption's prefix already says (`annotate`). `__getitem__` returns a `Sample` whose
 `image` is None when the file is unreadable: the extraction counts and skips those, the run goes on.
 """
 
@@ -73,15 +74,18 @@ class CaptionDataset(torch.utils.data.Dataset):
                 "last": self.records[-1].id if self.records else None}
 
     def factor_values(self) -> dict[str, list[str]]:
-        """The ground-truth factors this dataset declares, with their values ({}: none, e.g. COCO)."""
+        """The ground-truth factors this dataset labels and their values ({factor: [value, ...]}),
+        e.g. the shapes world's {"shape": ["circle", ...], "colour": [...], ...}; {} = no factors.
+        Value words are never dropped as stopwords by the word filter, and recovery scores them."""
         return {}
 
-    def annotate(self, record: SampleRecord, caption: str, prefix: str, token: str) -> dict[str, Any]:
-        """Per selected sample, what the feature store records beside its state ({} by default).
+    def annotate(self, record: SampleRecord | Sample, caption: str, prefix: str, token: str) -> dict[str, Any]:
+        """Per selected sample: what the text before the matched token already said (JSON-friendly).
 
-        caption: the model's generated caption; prefix: the generated text before the matched token t
-        (what the state that predicts t has read). Datasets with ground truth return the target
-        object's factors here (`{"target": {factor: value}, ...}`)."""
+        caption: the model's generated caption; prefix: the generated text before the matched token
+        t (the state that predicts t has read exactly this). {} = the dataset has no such labels
+        (the shapes world returns the target object, its companion, text-known / image-only factors,
+        the caption style and a held-out-pair flag)."""
         return {}
 
     def named_target(self, caption: str, token: str) -> dict[str, Any] | None:

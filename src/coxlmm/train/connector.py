@@ -9,8 +9,11 @@ caption tokens (+ <|im_end|>) that follow the chat-templated prompt with the vis
 the frozen SmolLM2. The prompt's first `model.n_fixed` ids (system turn, user header: 24 of the
 ~74 positions) do not depend on the image, so each step runs them once at batch 1 without
 gradients and the batch attends to their keys/values: same loss, 3.0 instead of 5.2 s per step on
-the 2-core CPU. Each (image, reference caption) pair is one training example. AdamW, linear
-warm-up then cosine decay. At the end the connector goes to an fp16 safetensors file with a JSON
+the 2-core CPU. Two caption styles (the world's grammars), each with its own instruction
+(`model.prompts`): each (image, style, reference caption of that style) is one training example,
+and every batch holds one style (so one prompt, and the shared fixed-prompt cache: the styles'
+instructions come after the image, so the fixed ids are the same). The train split never holds the
+world's held-out (shape, colour) pairs. AdamW, linear warm-up then cosine decay. At the end the connector goes to an fp16 safetensors file with a JSON
 sidecar of training facts (data, steps, wall time, losses, machine).
 """
 
@@ -31,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import DynamicCache
 from tqdm import tqdm
 
-from coxlmm.data.shapes import ShapesWorld
+from coxlmm.data.shapes import GENERATOR_VERSION, STYLES, ShapesWorld, captions_for
 from coxlmm.errors import CoxlmmError
 from coxlmm.models.depalm_mini import (
     DEFAULT_CONNECTOR,
@@ -46,6 +49,7 @@ from coxlmm.models.depalm_mini import (
     load_language_model,
     load_vision_encoder,
     pixel_values,
+    prompt_inputs,
     save_connector,
 )
 from coxlmm.paths import CACHE_DIR, CONF_DIR, OUTPUTS_DIR
@@ -78,49 +82,107 @@ def encode_world(model: DePALMMini, world: ShapesWorld, cache_dir: str, batch_si
 
 # --- examples and batches -----------------------------------------------------------------------
 class CaptionPairs(Dataset):
-    """One example per (image, reference caption): (visual tokens (N, VISION_DIM), caption ids (T,))."""
+    """One example per (image, style, reference caption of that style):
+    (visual tokens (N, VISION_DIM), caption ids (T,), style index into `styles`)."""
 
-    def __init__(self, visual_tokens: torch.Tensor, world: ShapesWorld, tokenizer: Any, eos_id: int):
+    def __init__(self, visual_tokens: torch.Tensor, world: ShapesWorld, tokenizer: Any, eos_id: int,
+                 styles: list[str], captions_per_style: int | None = None):
         self.visual_tokens = visual_tokens
-        self.pairs: list[tuple[int, list[int]]] = []
+        self.pairs: list[tuple[int, list[int], int]] = []
         for i, rec in enumerate(world.records):
-            for cap in rec.captions:
-                self.pairs.append((i, tokenizer(cap, add_special_tokens=False).input_ids + [eos_id]))
+            for s, style in enumerate(styles):
+                for cap in captions_for(rec.attributes, style)[:captions_per_style]:
+                    self.pairs.append((i, tokenizer(cap, add_special_tokens=False).input_ids + [eos_id], s))
+        self.styles = [s for _, _, s in self.pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[int]]:
-        i, ids = self.pairs[k]
-        return self.visual_tokens[i], ids
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[int], int]:
+        i, ids, s = self.pairs[k]
+        return self.visual_tokens[i], ids, s
 
 
-def make_collate(prompt_ids: torch.Tensor, image_mask: torch.Tensor, pad_id: int):
-    """Batch = prompt (with visual placeholders) + caption, right-padded. `prompt_ids` is the part
-    of the prompt after the fixed ids (`model._prompt_ids[model.n_fixed:]`).
+class StyleBatches(Sampler[list[int]]):
+    """Batches of one style each (one prompt per batch). shuffle: examples shuffled within each
+    style and the batches of all styles in a random order, anew every epoch (seeded); else the
+    styles' batches alternate, so the first few batches of a validation cover every style."""
+
+    def __init__(self, styles: list[int], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = True):
+        self.by_style = [[k for k, s in enumerate(styles) if s == v] for v in sorted(set(styles))]
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def _batches(self, gen: torch.Generator | None) -> list[list[list[int]]]:
+        out = []
+        for idx in self.by_style:
+            order = [idx[k] for k in torch.randperm(len(idx), generator=gen).tolist()] if gen else idx
+            chunks = [order[a: a + self.batch_size] for a in range(0, len(order), self.batch_size)]
+            out.append([c for c in chunks if len(c) == self.batch_size or not self.drop_last])
+        return out
+
+    def __iter__(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            self.epoch += 1
+            batches = [b for per_style in self._batches(gen) for b in per_style]
+            yield from (batches[k] for k in torch.randperm(len(batches), generator=gen).tolist())
+        else:
+            per_style = self._batches(None)
+            for k in range(max(map(len, per_style), default=0)):
+                yield from (b[k] for b in per_style if k < len(b))
+
+    def __len__(self) -> int:
+        return sum(map(len, self._batches(None)))
+
+
+def make_collate(prompts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int):
+    """Batch = prompt of the batch's style (with visual placeholders) + caption, right-padded.
+    prompts[s] = (ids, image_mask) of style s's prompt after its fixed ids
+    (`prompt_inputs(...)[1:3]` from n_fixed on); every item of a batch has the same style.
 
     Returns visual (B, N, VISION_DIM) float32, input_ids / labels / attention_mask (B, P + T_max),
-    image_mask (B, P + T_max) bool. Labels hold the caption ids (IGNORE elsewhere), aligned with
-    input_ids: the loss shifts them by one."""
-    P = len(prompt_ids)
+    image_mask (B, P + T_max) bool, style () long. Labels hold the caption ids (IGNORE elsewhere),
+    aligned with input_ids: the loss shifts them by one."""
 
-    def collate(items: list[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tensor]:
-        B, T = len(items), max(len(ids) for _, ids in items)
+    def collate(items: list[tuple[torch.Tensor, list[int], int]]) -> dict[str, torch.Tensor]:
+        styles = {s for _, _, s in items}
+        if len(styles) != 1:
+            raise ValueError(f"a batch must hold one caption style, got {sorted(styles)} (use StyleBatches)")
+        style = styles.pop()
+        prompt_ids, image_mask = prompts[style]
+        P = len(prompt_ids)
+        B, T = len(items), max(len(ids) for _, ids, _ in items)
         input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
         labels = torch.full((B, P + T), IGNORE, dtype=torch.long)
         attn = torch.zeros(B, P + T, dtype=torch.long)
         input_ids[:, :P] = prompt_ids
         attn[:, :P] = 1
-        for b, (_, ids) in enumerate(items):
+        for b, (_, ids, _) in enumerate(items):
             input_ids[b, P: P + len(ids)] = torch.tensor(ids)
             labels[b, P: P + len(ids)] = torch.tensor(ids)
             attn[b, P: P + len(ids)] = 1
         mask = torch.zeros(B, P + T, dtype=torch.bool)
         mask[:, :P] = image_mask
-        visual = torch.stack([v for v, _ in items]).float()
-        return {"visual": visual, "input_ids": input_ids, "labels": labels, "attention_mask": attn, "image_mask": mask}
+        visual = torch.stack([v for v, _, _ in items]).float()
+        return {"visual": visual, "input_ids": input_ids, "labels": labels, "attention_mask": attn,
+                "image_mask": mask, "style": torch.tensor(style)}
 
     return collate
+
+
+def style_prompts(model: DePALMMini, prompts: dict[str, str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per style (in the order of `prompts`): its prompt's (ids, image_mask) after the fixed ids.
+    The fixed ids (system turn, user header) must be the model's: `ConnectorModule.fixed_cache`
+    computes one cache for every style."""
+    out = []
+    for style, prompt in prompts.items():
+        _, ids, mask, n_fixed = prompt_inputs(model.tokenizer, prompt, model.n_visual_tokens, model.pad_id)
+        if n_fixed != model.n_fixed or not torch.equal(ids[:n_fixed], model._prompt_ids[: model.n_fixed]):
+            raise CoxlmmError(f"the prompt of style {style!r} changes the chat template before the image: the "
+                              "styles must differ only in the instruction after it.")
+        out.append((ids[n_fixed:], mask[n_fixed:]))
+    return out
 
 
 # --- the Lightning module -----------------------------------------------------------------------
@@ -128,9 +190,9 @@ class ConnectorModule(L.LightningModule):
     """Trains `model.connector` only; the LM and encoder stay frozen (and in eval mode)."""
 
     def __init__(self, model: DePALMMini, lr: float, weight_decay: float, warmup_steps: int, max_steps: int,
-                 min_lr_ratio: float = 0.1):
+                 min_lr_ratio: float = 0.1, styles: tuple[str, ...] = ("attribute_first",)):
         super().__init__()
-        self.model = model
+        self.model, self.styles = model, list(styles)  # styles[s]: name of batch["style"] == s
         model.connector.requires_grad_(True)  # a loaded checkpoint comes frozen; fine-tuning it must work
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.min_lr_ratio = warmup_steps, max_steps, min_lr_ratio
@@ -168,13 +230,22 @@ class ConnectorModule(L.LightningModule):
         logits = self.model.lm.lm_head(h[:, :-1][keep])
         return F.cross_entropy(logits.float(), targets[keep])
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def _style(self, batch: dict[str, torch.Tensor]) -> str:
+        return self.styles[int(batch["style"])] if "style" in batch else self.styles[0]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         loss = self.caption_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=batch["visual"].shape[0])
-        return loss
+        B = batch["visual"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=B)
+        # the style of this step's batch (index into `styles`), logged with its loss: a per-style loss
+        # key would be logged only on its own steps, and loggers repeat a stale value on the others
+        self.log("train/style", float(batch.get("style", 0)), on_step=True, batch_size=B)
+        return {"loss": loss, "style": self._style(batch)}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self.caption_loss(batch), prog_bar=True, batch_size=batch["visual"].shape[0])
+        loss, B = self.caption_loss(batch), batch["visual"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=B)
+        self.log(f"val/loss_{self._style(batch)}", loss, batch_size=B)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.connector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -190,13 +261,22 @@ class ConnectorModule(L.LightningModule):
 
 
 class LossHistory(L.Callback):
-    """Keeps the per-step training loss (for the facts file; loggers may be off)."""
+    """Keeps the per-step training loss and each step's style (for the facts file; loggers may be off)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
+        self.styles: list[str] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(outputs["loss"]))
+        self.styles.append(outputs.get("style", ""))
+
+    def summary(self, style: str | None = None, n: int = 20) -> dict[str, float | None]:
+        """First loss and mean of the last n (of one style, or all steps)."""
+        ls = [l for l, s in zip(self.losses, self.styles) if style is None or s == style]
+        tail = ls[-n:]
+        return {"steps": len(ls), "first_loss": ls[0] if ls else None,
+                "final_loss_mean_last_20": sum(tail) / len(tail) if tail else None}
 
 
 # --- the recipe ---------------------------------------------------------------------------------
@@ -205,7 +285,20 @@ def build_model(cfg: DictConfig) -> DePALMMini:
     lm, tokenizer = load_language_model(torch.float32)
     connector = Connector(VISION_DIM, cfg.model.hidden_dim, lm.config.hidden_size, (cfg.data.image_size // 32) ** 2)
     return DePALMMini(load_vision_encoder(cfg.data.image_size), connector, lm, tokenizer,
-                      prompt=cfg.model.prompt, image_size=cfg.data.image_size)
+                      prompt=recipe_prompts(cfg)[STYLES[0]], image_size=cfg.data.image_size)
+
+
+def recipe_prompts(cfg: DictConfig) -> dict[str, str]:
+    """{style: instruction} of the recipe (`model.prompts`), checked: known styles, distinct prompts,
+    the attribute_first one first (it is the model's default prompt)."""
+    prompts = {str(k): str(v) for k, v in cfg.model.prompts.items()}
+    unknown = sorted(set(prompts) - set(STYLES))
+    if unknown or not prompts or STYLES[0] not in prompts or len(set(prompts.values())) != len(prompts):
+        raise CoxlmmError(
+            f"model.prompts={prompts} must map caption styles {list(STYLES)} (attribute_first included) to "
+            f"distinct instructions{f'; unknown styles: {unknown}' if unknown else ''}."
+        )
+    return {STYLES[0]: prompts.pop(STYLES[0]), **prompts}
 
 
 def make_logger(cfg: DictConfig, run_dir: str):
@@ -228,6 +321,8 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     model = model or build_model(cfg)
     if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
         model.to("cuda")  # encode the images on the GPU too (Lightning moves the module anyway)
+    prompts = recipe_prompts(cfg)
+    styles = list(prompts)
     world = ShapesWorld("train", n_train=cfg.data.n_images, seed=cfg.data.seed, image_size=cfg.data.image_size,
                         p_two=cfg.data.p_two)
     val_world = ShapesWorld("val", n_val=cfg.data.n_val, seed=cfg.data.seed, image_size=cfg.data.image_size,
@@ -237,13 +332,15 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     train_tokens, val_tokens = encode_world(model, world, cache_dir), encode_world(model, val_world, cache_dir)
     t_enc = time.time() - t_enc
 
-    collate = make_collate(model._prompt_ids[model.n_fixed:], model._image_mask[model.n_fixed:], model.pad_id)
+    collate = make_collate(style_prompts(model, prompts), model.pad_id)
     eos_id = model.end_of_turn_id
-    train_set = CaptionPairs(train_tokens, world, model.tokenizer, eos_id)
-    val_set = CaptionPairs(val_tokens, val_world, model.tokenizer, eos_id)
-    loaders = dict(batch_size=cfg.train.batch_size, collate_fn=collate, num_workers=0)
-    train_loader = DataLoader(train_set, shuffle=True, drop_last=True, **loaders)
-    val_loader = DataLoader(val_set, shuffle=False, **loaders) if len(val_set) else None
+    train_set = CaptionPairs(train_tokens, world, model.tokenizer, eos_id, styles)
+    val_set = CaptionPairs(val_tokens, val_world, model.tokenizer, eos_id, styles, captions_per_style=1)
+    bs = cfg.train.batch_size
+    train_loader = DataLoader(train_set, batch_sampler=StyleBatches(train_set.styles, bs, shuffle=True, seed=cfg.seed),
+                              collate_fn=collate, num_workers=0)
+    val_loader = (DataLoader(val_set, batch_sampler=StyleBatches(val_set.styles, bs, shuffle=False, drop_last=False),
+                             collate_fn=collate, num_workers=0) if len(val_set) else None)
 
     run_dir = cfg.run_dir or os.path.join(OUTPUTS_DIR, "train_mini")
     history = LossHistory()
@@ -263,9 +360,10 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
         limit_val_batches=cfg.train.val_batches if val_loader else 0,
         enable_model_summary=False,
         default_root_dir=run_dir,
+        use_distributed_sampler=False,  # the batches are StyleBatches' (one style each)
     )
     module = ConnectorModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_steps,
-                             cfg.train.max_steps)
+                             cfg.train.max_steps, styles=tuple(styles))
     t_fit = time.time()
     with warnings.catch_warnings():
         # expected: the frozen LM and encoder stay in eval mode on purpose
@@ -273,22 +371,28 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
         trainer.fit(module, train_loader, val_loader)
     t_fit = time.time() - t_fit
 
-    val_loss = trainer.callback_metrics.get("val/loss")
-    tail = history.losses[-20:]
+    metrics = trainer.callback_metrics
+    val_loss = metrics.get("val/loss")
+    overall = history.summary()
     facts = {
-        "prompt": model.prompt,
+        "prompt": prompts[STYLES[0]],
+        "styles": prompts,
+        "world_version": GENERATOR_VERSION,
         "n_visual_tokens": model.n_visual_tokens,
         "image_size": model.image_size,
         "world": world.fingerprint(),
         "n_train_images": len(world),
         "n_train_pairs": len(train_set),
-        "steps": len(history.losses),
+        "steps": overall["steps"],
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
         "seed": cfg.seed,
-        "first_loss": history.losses[0] if history.losses else None,
-        "final_loss_mean_last_20": sum(tail) / len(tail) if tail else None,
+        "first_loss": overall["first_loss"],
+        "final_loss_mean_last_20": overall["final_loss_mean_last_20"],
         "val_loss": float(val_loss) if val_loss is not None else None,
+        "per_style": {s: {**history.summary(s),
+                          "val_loss": float(metrics[f"val/loss_{s}"]) if f"val/loss_{s}" in metrics else None}
+                      for s in styles},
         "encode_seconds": round(t_enc, 1),
         "fit_seconds": round(t_fit, 1),
         "wall_seconds": round(time.time() - t0, 1),
@@ -300,8 +404,10 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     }
     out = cfg.output or DEFAULT_CONNECTOR
     save_connector(model.connector, out, facts)
+    per_style = "; ".join(f"{s} {v['first_loss']:.3f} -> {v['final_loss_mean_last_20']:.3f} (val {v['val_loss']})"
+                          for s, v in facts["per_style"].items() if v["steps"])
     print(f"connector -> {out}  ({facts['steps']} steps, loss {facts['first_loss']:.3f} -> "
-          f"{facts['final_loss_mean_last_20']:.3f}, val {facts['val_loss']}, {facts['wall_seconds']} s)")
+          f"{facts['final_loss_mean_last_20']:.3f}, val {facts['val_loss']}, {facts['wall_seconds']} s; {per_style})")
     return facts
 
 

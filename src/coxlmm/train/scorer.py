@@ -3,7 +3,11 @@
     python -m coxlmm.train.scorer [hydra overrides, e.g. optim.max_steps=300]
 
 Recipe (conf/train_scorer.yaml; model: scorers/embedded.py):
-1. Data: train-split world images; per image one reference caption (template drawn at random) and
+1. Data: train-split world images (the world of `world`: by default every (shape, colour) pair,
+   `heldout_pairs: []`, so the judge is as good on the connector's held-out pairs as on the others,
+   and captions of both styles, `caption_style: both`, so it knows the shape-first grammar that a
+   shape-first run's GT captions use); per image one reference caption (style and template drawn at
+   random) and
    `word_lists_per_image` concept-style texts "A photo is described by the words red, circle,
    large": a random subset (1 to `max_words`) of the image's factor words, shuffled. A share
    `p_junk` of these lists also get 1 to `max_junk` random English words mixed in, and stay true
@@ -23,7 +27,8 @@ Recipe (conf/train_scorer.yaml; model: scorers/embedded.py):
    every image. Why: without them the heads never see words from outside the world, and random
    English words scored nearly as high as an image's own words (CS 0.85 vs 1.05 in a first run),
    which would blur the Rnd-Words baseline.
-4. Report on the val split: image→text retrieval top-1/top-5 among one caption per image, and among
+4. Report on the val split: image→text retrieval top-1/top-5 among one caption per image (the
+   first attribute-first one; `captions_shape_first_*`: the first shape-first one), and among
    one word list "colour, shape, size" (of the first object) per image (a retrieved text is a hit
    when it is true of the image); the mean CLIPScore of each image with that list, with a held-out
    distractor list, and with its list plus 3 held-out random words. Heads go to fp16 safetensors
@@ -48,7 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from coxlmm.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld, objects_of
+from coxlmm.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld, captions_for, objects_of
 from coxlmm.paths import CONF_DIR, OUTPUTS_DIR
 from coxlmm.scorers.base import clip_score, words_text
 from coxlmm.scorers.embedded import (
@@ -166,10 +171,11 @@ def eval_word_lists(world: ShapesWorld) -> list[list[str]]:
     return [[o["colour"], o["shape"], o["size"]] for o in (objects_of(r.attributes)[0] for r in world.records)]
 
 
-def eval_texts(world: ShapesWorld) -> tuple[list[str], list[str], torch.Tensor]:
-    """Val texts: first caption of each image; its `eval_word_lists` text (and words as multi-hot (n, V))."""
+def eval_texts(world: ShapesWorld, style: str = "attribute_first") -> tuple[list[str], list[str], torch.Tensor]:
+    """Val texts: the first caption of `style` of each image; its `eval_word_lists` text (and words
+    as multi-hot (n, V))."""
     lists = eval_word_lists(world)
-    return ([r.captions[0] for r in world.records], [words_text(w) for w in lists],
+    return ([captions_for(r.attributes, style)[0] for r in world.records], [words_text(w) for w in lists],
             torch.stack([multi_hot(w) for w in lists]))
 
 
@@ -279,6 +285,8 @@ class HeadsModule(L.LightningModule):
         pos_cap = self.scene_val[:, None] == self.scene_val[None, :]
         pos_list = positives(self.scene_val, self.words_val, torch.full_like(self.scene_val, -1), self.val_list_words)
         out = {f"captions_{k}": v for k, v in retrieval_accuracy(img, caps, pos_cap).items()}
+        caps_sf = self.heads.embed_text_features(self.txt[self.val_caption_sf_index])
+        out |= {f"captions_shape_first_{k}": v for k, v in retrieval_accuracy(img, caps_sf, pos_cap).items()}
         out |= {f"words_{k}": v for k, v in retrieval_accuracy(img, lists, pos_list).items()}
         out |= {"captions_chance_top1": chance_top1(pos_cap), "words_chance_top1": chance_top1(pos_list)}
         distractors = self.heads.embed_text_features(self.txt[self.val_distractor_index])
@@ -304,7 +312,9 @@ class HeadsModule(L.LightningModule):
 def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, float]]:
     """Worlds, texts, labels and cached frozen features -> tensors for `HeadsModule`, data facts, seconds."""
     w = cfg.world
-    worlds = {s: ShapesWorld(s, n_train=w.n_train, n_val=w.n_val, seed=w.seed, image_size=w.image_size, p_two=w.p_two)
+    worlds = {s: ShapesWorld(s, n_train=w.n_train, n_val=w.n_val, seed=w.seed, image_size=w.image_size, p_two=w.p_two,
+                             caption_style=w.get("caption_style", "attribute_first"),
+                             heldout_pairs=w.get("heldout_pairs"))
               for s in ("train", "val")}
     (scene_train, words_train), (scene_val, words_val) = image_labels([worlds["train"], worlds["val"]])
     rng = np.random.default_rng(cfg.seed)
@@ -313,12 +323,13 @@ def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor]
     texts, t_scene, t_words = training_texts(worlds["train"], scene_train, t.word_lists_per_image, t.max_words,
                                              pool_train, t.p_junk, t.max_junk, rng)
     val_caps, val_lists, val_list_words = eval_texts(worlds["val"])
+    val_caps_sf = eval_texts(worlds["val"], "shape_first")[0]
     val_mixed = [words_text(ws + [str(w) for w in rng.choice(pool_val, size=3, replace=False)])
                  for ws in eval_word_lists(worlds["val"])]
     distractors = distractor_lists(pool_train, cfg.texts.distractor_lists, cfg.texts.max_distractor_words, rng)
     val_distractors = distractor_lists(pool_val, len(val_lists), cfg.texts.max_distractor_words, rng)
-    distinct = sorted({t for row in texts for t in row} | set(val_caps) | set(val_lists) | set(distractors)
-                      | set(val_distractors) | set(val_mixed))
+    distinct = sorted({t for row in texts for t in row} | set(val_caps) | set(val_caps_sf) | set(val_lists)
+                      | set(distractors) | set(val_distractors) | set(val_mixed))
     where = {t: i for i, t in enumerate(distinct)}
     feats, seconds = cached_features(cfg, worlds, distinct, cache_dir)
     data = {
@@ -327,12 +338,14 @@ def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor]
         "t_scene": t_scene, "t_words": t_words, "scene_train": scene_train, "words_train": words_train,
         "scene_val": scene_val, "words_val": words_val, "val_list_words": val_list_words,
         "val_caption_index": torch.tensor([where[t] for t in val_caps]),
+        "val_caption_sf_index": torch.tensor([where[t] for t in val_caps_sf]),
         "val_list_index": torch.tensor([where[t] for t in val_lists]),
         "distractor_index": torch.tensor([where[t] for t in distractors]),
         "val_distractor_index": torch.tensor([where[t] for t in val_distractors]),
         "val_mixed_index": torch.tensor([where[t] for t in val_mixed]),
     }
-    facts = {"world": OmegaConf.to_container(w), "train_images": len(worlds["train"]), "val_images": len(worlds["val"]),
+    facts = {"world": OmegaConf.to_container(w), "world_fingerprint": worlds["train"].fingerprint(),
+             "train_images": len(worlds["train"]), "val_images": len(worlds["val"]),
              "distinct_texts": len(distinct), "train_texts_per_image": 1 + cfg.texts.word_lists_per_image,
              "train_scenes": int(scene_train.unique().numel()), "distractor_lists": len(set(distractors)),
              "distractor_pool_words": {"train": len(pool_train), "val": len(pool_val)}}
