@@ -44,7 +44,7 @@ quality: install
 # The paper sweeps read 4,000 + 400 world images per token (~920 + ~95 samples) to stay within 30 min;
 # `make paper PAPER_DATA=` uses the default run's 9,000 + 1,300 (~2,080 + ~300 samples).
 PAPER_DATA ?= data.n_train=4000 data.n_test=400
-PAPER_SWEEPS := paper_table1 layer_ablation k_ablation
+PAPER_SWEEPS := paper_table1 layer_ablation k_ablation paper_shape_first
 
 paper: install
 	@# The paper's sweeps on the embedded default, within 30 min on 2 cores from an empty cache (docs/sweeps.md).

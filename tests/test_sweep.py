@@ -118,6 +118,8 @@ PRESET_OVERRIDES = {
     "paper_table1": ["hydra.sweeper.params.token=circle", "hydra.sweeper.params.seed='0,1'"],
     "layer_ablation": ["hydra.sweeper.params.layers='[0,29],[norm]'"],
     "k_ablation": ["data.n_train=300"],  # K up to 50: ~70 training samples of circle
+    "paper_shape_first": ["hydra.sweeper.params.token=circle", "hydra.sweeper.params.method=semi_nmf"],
+    "causal": ["hydra.sweeper.params.method='semi_nmf,pca'", "metrics.causal.n_samples=4", "metrics.causal.alphas=[0,2]"],
 }
 
 
@@ -140,5 +142,7 @@ def test_every_experiment_preset_runs_end_to_end_on_the_debug_preset(experiment,
     if experiment == "paper_table1":
         assert {r["method"] for r in rows} >= {"semi_nmf", "pca", "kmeans", "simple"} and {r["seed"] for r in rows} == {0, 1}
         assert any("token_only_cs_top1_mean" in r for r in rows)
+    if experiment == "causal":
+        assert all("prediction_recovered" in r for r in rows) and "Causal" in (sweep / "tables.md").read_text()
     if experiment == "layer_ablation":
         assert {r["layer_name"] for r in rows} == {"0", "29", "norm"} and all("lens_top1_t" in r for r in rows)
