@@ -63,11 +63,11 @@ def tiny_model():
 def compose_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train_mini", overrides=[
-            "data.n_images=24", "data.n_val=4", "train.batch_size=8", "train.max_steps=12",
+            "data.n_train=24", "data.n_val=4", "train.batch_size=8", "train.max_steps=12",
             "train.warmup_steps=1", "train.lr=3e-3", "train.val_every_n_steps=6", "train.val_batches=2",
-            "trainer.precision=32-true", "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "log_to=csv",
-            f"cache_dir={tmp_path}/cache", f"output={tmp_path}/connector.safetensors", f"run_dir={tmp_path}/run",
-            *overrides])
+            "trainer.precision=32-true", "progress_bar=false", "train.log_every_n_steps=1",
+            f"logger.csv.save_dir={tmp_path}/run", f"cache_dir={tmp_path}/cache",
+            f"output={tmp_path}/connector.safetensors", *overrides])
 
 
 def test_collate_puts_loss_on_caption_tokens_only(tiny_model):
@@ -173,8 +173,8 @@ def test_short_training_run_lowers_the_loss(tiny_model, tmp_path):
         assert f.get_tensor("fc2.weight").dtype == torch.float16
     assert c.fc2.weight.shape == (64, 64)
     assert c.config["styles"] == STYLE_PROMPTS and c.config["world_version"] == GENERATOR_VERSION
-    assert (tmp_path / "connector.json").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
-    with open(tmp_path / "run" / "metrics.csv") as f:
+    assert (tmp_path / "connector.json").is_file() and (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         columns = next(csv.reader(f))
     assert "train/style" in columns and {f"val/loss_{s}" for s in STYLES} <= set(columns)
 
@@ -182,13 +182,13 @@ def test_short_training_run_lowers_the_loss(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_cli_trains_with_smollm2(tmp_path):
     """`python -m coxlmm.train.connector` with the real SmolLM2: a few epochs of 8 images lower the loss."""
-    cmd = [sys.executable, "-m", "coxlmm.train.connector", "data.n_images=8", "data.n_val=0",
+    cmd = [sys.executable, "-m", "coxlmm.train.connector", "data.n_train=8", "data.n_val=0",
            "train.batch_size=8", "train.max_steps=9", "train.warmup_steps=1", "train.lr=3e-3",
-           "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "log_to=csv",
+           "progress_bar=false", "train.log_every_n_steps=1", "logger=csv",
            f"cache_dir={tmp_path}/cache", f"output={tmp_path}/c.safetensors", f"hydra.run.dir={tmp_path}/run"]
     res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    with open(tmp_path / "run" / "metrics.csv") as f:
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 9 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     assert (tmp_path / "c.safetensors").is_file() and (tmp_path / "c.json").is_file()

@@ -1,6 +1,6 @@
 """Train DePALM-mini's connector on the shapes world (`make train-mini`).
 
-    python -m coxlmm.train.connector [hydra overrides, e.g. train.max_steps=100 trainer.accelerator=gpu]
+    python -m coxlmm.train.connector [hydra overrides, e.g. train.max_steps=100 trainer=gpu logger=wandb]
 
 Recipe (conf/train_mini.yaml): the frozen EfficientNet-Lite0 encodes every training image once
 (visual tokens cached as safetensors under outputs/cache/, keyed by the world and the encoder);
@@ -52,7 +52,9 @@ from coxlmm.models.depalm_mini import (
     prompt_inputs,
     save_connector,
 )
-from coxlmm.paths import CACHE_DIR, CONF_DIR, OUTPUTS_DIR
+from coxlmm.config import build, device_of
+from coxlmm.paths import CONF_PACKAGE
+from coxlmm.paths import cache_dir as cache_dir_default
 
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)
 
@@ -301,15 +303,11 @@ def recipe_prompts(cfg: DictConfig) -> dict[str, str]:
     return {STYLES[0]: prompts.pop(STYLES[0]), **prompts}
 
 
-def make_logger(cfg: DictConfig, run_dir: str):
-    if cfg.log_to == "none":
-        return False
-    if cfg.log_to == "csv":
-        return L.pytorch.loggers.CSVLogger(run_dir, name="", version="")
-    if cfg.log_to == "wandb":
-        return L.pytorch.loggers.WandbLogger(project="coxlmm", name="train_mini", save_dir=run_dir,
-                                             offline=os.environ.get("WANDB_MODE", "offline") == "offline")
-    raise CoxlmmError(f"log_to={cfg.log_to!r} is not a logger of train_mini: use csv, wandb or none.")
+def make_loggers(cfg: DictConfig) -> list | bool:
+    """The `logger` group's loggers (report/log.py: build_loggers), or False for `logger=none`."""
+    from coxlmm.report.log import build_loggers
+
+    return build_loggers(cfg.logger) or False
 
 
 def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
@@ -319,15 +317,14 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True)
     model = model or build_model(cfg)
-    if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+    if device_of(cfg.trainer.accelerator) == "cuda" and torch.cuda.is_available():
         model.to("cuda")  # encode the images on the GPU too (Lightning moves the module anyway)
     prompts = recipe_prompts(cfg)
     styles = list(prompts)
-    world = ShapesWorld("train", n_train=cfg.data.n_images, seed=cfg.data.seed, image_size=cfg.data.image_size,
-                        p_two=cfg.data.p_two)
-    val_world = ShapesWorld("val", n_val=cfg.data.n_val, seed=cfg.data.seed, image_size=cfg.data.image_size,
-                            p_two=cfg.data.p_two)
-    cache_dir = cfg.cache_dir or str(CACHE_DIR)
+    world, val_world = build(cfg.data, split="train"), build(cfg.data, split="val")
+    if not isinstance(world, ShapesWorld):
+        raise CoxlmmError(f"the connector recipe trains on the shapes world (data=shapes), not {type(world).__name__}.")
+    cache_dir = cfg.cache_dir or str(cache_dir_default())
     t_enc = time.time()
     train_tokens, val_tokens = encode_world(model, world, cache_dir), encode_world(model, val_world, cache_dir)
     t_enc = time.time() - t_enc
@@ -342,24 +339,20 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     val_loader = (DataLoader(val_set, batch_sampler=StyleBatches(val_set.styles, bs, shuffle=False, drop_last=False),
                              collate_fn=collate, num_workers=0) if len(val_set) else None)
 
-    run_dir = cfg.run_dir or os.path.join(OUTPUTS_DIR, "train_mini")
     history = LossHistory()
-    trainer = L.Trainer(
+    trainer = build(  # the `trainer` group's Trainer (accelerator, devices, precision), with the recipe's loop
+        cfg.trainer,
         max_steps=cfg.train.max_steps,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision,
-        logger=make_logger(cfg, run_dir),
+        logger=make_loggers(cfg),
         callbacks=[history],
         enable_checkpointing=False,
-        enable_progress_bar=cfg.trainer.progress_bar,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=cfg.progress_bar,
+        log_every_n_steps=cfg.train.log_every_n_steps,
         val_check_interval=cfg.train.val_every_n_steps if val_loader else None,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         limit_val_batches=cfg.train.val_batches if val_loader else 0,
         enable_model_summary=False,
-        default_root_dir=run_dir,
         use_distributed_sampler=False,  # the batches are StyleBatches' (one style each)
     )
     module = ConnectorModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_steps,
@@ -411,12 +404,8 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     return facts
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train_mini", version_base="1.3")
+@hydra.main(config_path=CONF_PACKAGE, config_name="train_mini", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not cfg.run_dir:
-        cfg.run_dir = HydraConfig.get().runtime.output_dir
     try:
         train(cfg)
     except CoxlmmError as e:

@@ -54,7 +54,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from coxlmm.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld, captions_for, objects_of
-from coxlmm.paths import CONF_DIR, OUTPUTS_DIR
+from coxlmm.config import build
+from coxlmm.paths import CONF_PACKAGE
+from coxlmm.paths import cache_dir as cache_dir_default
 from coxlmm.scorers.base import clip_score, words_text
 from coxlmm.scorers.embedded import (
     DEFAULT_WEIGHTS,
@@ -311,11 +313,8 @@ class HeadsModule(L.LightningModule):
 
 def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, float]]:
     """Worlds, texts, labels and cached frozen features -> tensors for `HeadsModule`, data facts, seconds."""
-    w = cfg.world
-    worlds = {s: ShapesWorld(s, n_train=w.n_train, n_val=w.n_val, seed=w.seed, image_size=w.image_size, p_two=w.p_two,
-                             caption_style=w.get("caption_style", "attribute_first"),
-                             heldout_pairs=w.get("heldout_pairs"))
-              for s in ("train", "val")}
+    w = cfg.data
+    worlds = {s: build(w, split=s) for s in ("train", "val")}
     (scene_train, words_train), (scene_val, words_val) = image_labels([worlds["train"], worlds["val"]])
     rng = np.random.default_rng(cfg.seed)
     pool_train, pool_val = distractor_pool(cfg.seed)
@@ -352,13 +351,14 @@ def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor]
     return data, facts, seconds
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train_scorer", version_base="1.3")
+@hydra.main(config_path=CONF_PACKAGE, config_name="train_scorer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from coxlmm.report.log import build_loggers
+
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = cfg.run_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    cache_dir = cfg.cache_dir or os.path.join(str(OUTPUTS_DIR), "cache", "scorer_features")
+    cache_dir = cfg.cache_dir or os.path.join(str(cache_dir_default()), "scorer_features")
     data, data_facts, feature_s = build_data(cfg, cache_dir)
     heads = ProjectionHeads(**OmegaConf.to_container(cfg.model))
     module = HeadsModule(heads, data, cfg.optim)
@@ -366,12 +366,12 @@ def main(cfg: DictConfig) -> None:
     loader = DataLoader(torch.arange(n_train), batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader([0], batch_size=1)  # one step that scores the whole val split
     steps_per_epoch = n_train // cfg.optim.batch_size
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=1, max_steps=cfg.optim.max_steps,
+    trainer = build(  # the `trainer` group's Trainer, with the recipe's loop
+        cfg.trainer, max_steps=cfg.optim.max_steps,
         check_val_every_n_epoch=max(1, cfg.optim.val_every_n_steps // steps_per_epoch),
-        logger=L.pytorch.loggers.CSVLogger(run_dir, name="train_scorer") if cfg.log_csv else False,
-        enable_checkpointing=False, enable_progress_bar=cfg.trainer.progress_bar,
-        log_every_n_steps=min(cfg.trainer.log_every_n_steps, steps_per_epoch), deterministic=True,
+        logger=build_loggers(cfg.logger) or False,
+        enable_checkpointing=False, enable_progress_bar=cfg.progress_bar,
+        log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic=True,
     )
     t0 = time.time()
     trainer.fit(module, loader, val_loader)
