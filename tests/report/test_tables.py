@@ -50,7 +50,11 @@ SEMI = {"cs_top1_mean": 0.61, "cs_top1_std": 0.09, "bs_top1_mean": 0.405, "bs_to
         "overlap": 0.086, "recovery_matched": 0.8, "recovery_matched/colour": 0.9,
         "recovery_matched_prefix_only": 0.7, "recovery_matched_prefix_only/colour": 0.6, "purity_corrected": 0.4,
         "grounding_accuracy": 0.5, "recovery_matched_random": 0.52, "recovery_matched_random/colour": 0.5,
-        "recovery_matched_diffmean": 0.95, "recon_rel_error_test": 0.3}
+        "recovery_matched_diffmean": 0.95, "recon_rel_error_test": 0.3,
+        "recovery_matched/colour/text_known": 0.91, "recovery_matched/colour/image_only": 0.81,
+        "recovery_matched/image_only": 0.81, "recovery_matched_prefix_only/colour/image_only": 0.61,
+        "recovery_n_samples/colour/image_only": 7, "grounding_cs_mean": 0.71, "grounding_cs_random_mean": 0.52,
+        "grounding_cs_win_rate": 0.8}
 SIMPLE = {"cs_top1_mean": 0.546, "cs_top1_std": 0.08, "overlap": 0.371, "recovery_matched": 0.6,
           "recovery_matched_random": 0.5}
 
@@ -100,6 +104,9 @@ def test_main_writes_markdown_csv_paired_differences_and_figures(sweep: Path, ca
     recovery = [l for l in flat.splitlines() if l.startswith("|Semi-NMF|0.800")]
     assert recovery and "0.700" in recovery[0] and "0.900" in recovery[0] and "0.600" in recovery[0]
     assert any(l.startswith("|DiffMean(supervised)|0.950") for l in flat.splitlines())
+    assert "|Semi-NMF|circle|0.710±0.000|0.520±0.000|0.800±0.000|" in flat  # grounding (paper Fig. 3)
+    # The text-known / image-only splits go in their own table, not as columns of the recovery table.
+    assert "|Semi-NMF|colour|0.910±0.000|0.810±0.000|" in flat and "colour/image_only" not in md and "|image_only" not in flat
     cells = list(csv.DictReader((sweep / "tables.csv").open()))
     cs = {(c["table"], c["row"], c["column"]): c for c in cells}
     assert float(cs[("table1", "circle / CS", "Semi-NMF")]["mean"]) == pytest.approx(0.62)
@@ -130,6 +137,7 @@ def test_multi_layer_job_gives_one_row_per_layer_and_a_curve(tmp_path: Path):
     assert main([str(root)]) == 0
     md = (root / "tables.md").read_text().replace(" ", "")
     assert "|Semi-NMF|circle|2|0.620|0.480|" in md and "|Semi-NMF|circle|norm|0.700|" in md
+    assert "Table 1" not in md  # a layer sweep's jobs hold many layers: no Table 1 of dashes
     assert (root / "layer_ablation.png").stat().st_size > 0
 
 
@@ -137,7 +145,8 @@ def test_k_sweep_gives_a_k_table_and_curve(tmp_path: Path):
     root = tmp_path / "k_ablation"
     for i, k in enumerate((5, 10, 20)):
         make_job(root, f"{i}_method.n_concepts={k}", method="semi_nmf", display="Semi-NMF", token="circle",
-                 n_concepts=k, metrics={"recon_rel_error_train": 1 / k, "overlap": 0.1 * i})
+                 n_concepts=k, metrics={"recon_rel_error_train": 1 / k, "recon_rel_error_test": 1.1 / k,
+                                        "sparsity_l0_test": k / 2, "overlap": 0.1 * i})
     assert main([str(root), "--no-figures"]) == 0
     assert "|Semi-NMF|circle|10|0.100|" in (root / "tables.md").read_text().replace(" ", "")
     assert not (root / "recon_vs_k.png").exists()

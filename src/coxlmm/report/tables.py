@@ -384,8 +384,32 @@ def overlap_table(runs: pd.DataFrame) -> Table:
     return _build("overlap", "Overlap of concept words (lower is more disentangled)", cells, ["token"])
 
 
+GROUNDING_COLUMNS = (("CS words", "grounding_cs_mean"), ("CS random", "grounding_cs_random_mean"),
+                     ("CS win rate", "grounding_cs_win_rate"), ("BS words", "grounding_bs_mean"),
+                     ("BS random", "grounding_bs_random_mean"), ("BS win rate", "grounding_bs_win_rate"))
+
+
+def grounding_table(runs: pd.DataFrame) -> Table:
+    """Paper Fig. 3 as numbers: per (method, token), the mean score of each concept's words against its
+    own top images, against length-matched random words, and the share of concepts whose words win."""
+    rows = representative(runs)
+    cells = []
+    for (_, token), g in rows.groupby(["method", "token"], sort=False) if not rows.empty else ():
+        for col, key in GROUNDING_COLUMNS:
+            mean, std, n = across_seeds(g, key)
+            if mean is not None:
+                cells.append(((g["method_display"].iloc[0], str(token)), col, mean, std if n > 1 else None, ""))
+    return _build("grounding", "Grounding: a concept's words against its top images, versus length-matched "
+                  "random words (mean over concepts; ± std across seeds)", cells, ["method", "token"],
+                  "win rate: share of a dictionary's concepts whose words score above their random words.")
+
+
+SPLITS = ("text_known", "image_only")  # recovery_matched/<factor>/<split>: the split table's, not this one's
+
+
 def _factors(rows: pd.DataFrame) -> list[str]:
-    return _ordered([c.split("/", 1)[1] for c in rows.columns if c.startswith("recovery_matched/")])
+    names = [c.split("/", 1)[1] for c in rows.columns if c.startswith("recovery_matched/")]
+    return _ordered([n for n in names if "/" not in n and n not in SPLITS])
 
 
 def recovery_table(runs: pd.DataFrame) -> Table:
@@ -520,18 +544,20 @@ def _varies(runs: pd.DataFrame, key: str) -> bool:
 
 def tables(sweep: Sweep) -> list[Table]:
     runs = sweep.runs
-    out = [table1(runs, sweep.scorers), paired_table(runs, sweep.test_scores), overlap_table(runs), recovery_table(runs)]
+    out = [table1(runs, sweep.scorers), paired_table(runs, sweep.test_scores), overlap_table(runs),
+           grounding_table(runs), recovery_table(runs)]
     if any(c.endswith("/image_only") for c in runs.columns):
         out.append(split_recovery_table(runs))
     if "prediction_recovered" in runs:
         out.append(causal_table(runs))
     if _varies(runs, "layer"):
-        out.append(by_table(runs.sort_values("layer", na_position="last"), "layer", "layers",
+        out.append(by_table(runs.sort_values("layer", na_position="last", kind="stable"), "layer", "layers",
                             "By layer (lens readability: share of samples whose logit-lens top-1 / top-10 is t)",
                             LAYER_COLUMNS))
     if _varies(runs, "n_concepts"):
-        out.append(by_table(runs.sort_values("n_concepts"), "n_concepts", "k", "By dictionary size K", K_COLUMNS))
-    return out
+        out.append(by_table(runs.sort_values("n_concepts", kind="stable"), "n_concepts", "k", "By dictionary size K", K_COLUMNS))
+    # A table with no value at all (Table 1 of a layer sweep, whose jobs hold many layers) says nothing.
+    return [t for t in out if "mean" in t.values and t.values["mean"].notna().any()]
 
 
 # --- rendering (pure) ---------------------------------------------------------------------------------------
@@ -606,12 +632,10 @@ def k_figure(runs: pd.DataFrame):
     a, b = fig.subplots(1, 2)
     for (method, token), g in runs.groupby(["method_display", "token"], sort=False):
         g = g.groupby("n_concepts").mean(numeric_only=True).reset_index()
-        by_k = g.rename(columns={"n_concepts": "layer"})  # _line plots against "layer"
-        _line(a, by_k, "recon_rel_error_test", f"{method}, {token}: test", "-o")
-        _line(a, by_k, "recon_rel_error_train", f"{method}, {token}: train", "--")
+        _line(a, g, "recon_rel_error_test", f"{method}, {token}: test", "-o", x="n_concepts")
+        _line(a, g, "recon_rel_error_train", f"{method}, {token}: train", "--", x="n_concepts")
         if "sparsity_l0_test" in g:
-            _line(b, g.rename(columns={"sparsity_l0_test": "layer"}).sort_values("layer"), "recon_rel_error_test",
-                  f"{method}, {token}", "-o")
+            _line(b, g, "recon_rel_error_test", f"{method}, {token}", "-o", x="sparsity_l0_test")
     a.set(xlabel="K (concepts)", ylabel="relative reconstruction error ‖Z − VU‖² / ‖Z‖²", title="Reconstruction vs K")
     b.set(xlabel="L0 (non-zero codes per test sample)", ylabel="relative reconstruction error (test)",
           title="Reconstruction vs L0 (matched sparsity)")
@@ -638,11 +662,11 @@ def scatter_figure(points: pd.DataFrame):
     return fig
 
 
-def _line(ax, g: pd.DataFrame, key: str, label: str, style: str, colour: str | None = None) -> bool:
+def _line(ax, g: pd.DataFrame, key: str, label: str, style: str, colour: str | None = None, x: str = "layer") -> bool:
     if key not in g or g[key].isna().all():
         return False
-    d = g.dropna(subset=[key])
-    ax.plot(d["layer"], d[key], style, label=label, ms=3, color=colour)
+    d = g.dropna(subset=[key]).sort_values(x)
+    ax.plot(d[x], d[key], style, label=label, ms=3, color=colour)
     return True
 
 
