@@ -5,6 +5,8 @@ norms; bad settings fail before any model runs."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,16 @@ def test_prediction_recovered_is_one_when_the_reconstruction_is_exact():
     assert value == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
     value, _, _ = ratio_ci(clean, mean.copy(), mean)
     assert value == pytest.approx(0.0)
+
+
+def test_prediction_recovered_is_undefined_when_the_mean_ablation_does_not_hurt():
+    # The train mean of the states that predict t can predict t as well as they do (DePALM-mini, circle):
+    # the denominator is then noise around 0, and a ratio of 1,000 would say nothing.
+    rng = np.random.default_rng(0)
+    clean = rng.normal(-0.001, 0.0005, 40)
+    mean = clean + rng.normal(0.0, 0.0005, 40)
+    recon = clean - 0.5
+    assert all(math.isnan(x) for x in ratio_ci(clean, recon, mean))
 
 
 def test_random_controls_have_the_norm_of_the_concept_steps_they_match():

@@ -143,6 +143,6 @@ def test_every_experiment_preset_runs_end_to_end_on_the_debug_preset(experiment,
         assert {r["method"] for r in rows} >= {"semi_nmf", "pca", "kmeans", "simple"} and {r["seed"] for r in rows} == {0, 1}
         assert any("token_only_cs_top1_mean" in r for r in rows)
     if experiment == "causal":
-        assert all("prediction_recovered" in r for r in rows) and "Causal" in (sweep / "tables.md").read_text()
+        assert all("kl_recon" in r and "dlogp_t_recon" in r for r in rows) and "Causal" in (sweep / "tables.md").read_text()
     if experiment == "layer_ablation":
         assert {r["layer_name"] for r in rows} == {"0", "29", "norm"} and all("lens_top1_t" in r for r in rows)

@@ -190,13 +190,15 @@ def test_pure_helpers():
 def test_causal_table_has_the_methods_and_the_control_rows(tmp_path: Path):
     root = tmp_path / "causal"
     base = {"prediction_recovered": 0.8, "prediction_recovered_ci_lo": 0.7, "prediction_recovered_ci_hi": 0.9,
+            "dlogp_t_recon": -0.02, "dlogp_t_recon_ci_lo": -0.03, "dlogp_t_recon_ci_hi": -0.01,
             "kl_recon": 0.1, "kl_mean": 2.0, "top1_ablation_dlogp_t": -1.5, "top1_ablation_dlogp_t_random": -0.1,
             "steer_success/alpha_4": 0.6, "steer_success_random/alpha_4": 0.05, "steer_success_diffmean/alpha_4": 0.7,
             "steer_fluency/alpha_4": -1.2, "steer_fluency_unsteered": -0.3}
     make_job(root, "0_method=semi_nmf", method="semi_nmf", display="Semi-NMF", token="circle", metrics=base)
     make_job(root, "1_method=pca", method="pca", display="PCA", token="circle",
-             metrics={**base, "prediction_recovered": 0.5})
+             metrics={k: v for k, v in base.items() if not k.startswith("prediction_recovered")})  # undefined
     assert main([str(root), "--no-figures"]) == 0
     md = (root / "tables.md").read_text().replace(" ", "")
-    assert "|Semi-NMF|0.800[0.70,0.90]|0.100|2.000|-1.500|-0.100|0.600|" in md
+    assert "|Semi-NMF|0.800[0.7,0.9]|-0.020[-0.03,-0.01]|0.100|2.000|-1.500|-0.100|0.600|" in md
+    assert "|PCA|–|-0.020" in md  # an undefined ratio is a dash, the rest of the row stays
     assert "|Randomdirection(samenorm)|" in md and "|DiffMean(supervised)|" in md

@@ -10,6 +10,9 @@ of token x at that position.
     clean  z               recon  decode(v) (the dictionary's view)            mean  the train mean of Z
     prediction_recovered = (E log p_recon(t) − E log p_mean(t)) / (E log p_clean(t) − E log p_mean(t))
     kl_recon = E KL(p_clean || p_recon)          (E: mean over test samples; bootstrap 95 % CIs)
+    dlogp_t_recon = E [log p_recon(t) − log p_clean(t)]
+The ratio needs a baseline that hurts: it is nan when the paired CI of log p_clean(t) − log p_mean(t)
+does not lie above 0 (on the embedded default the train mean predicts t as well as the states do).
 
 **Concept ablation**: z − c_k(z) for every concept k; Δ log p(t) and the mean Δ log p of the concept's
 words (the first piece of each word of T_k), over every test sample and over the concept's top test
@@ -27,7 +30,8 @@ value's DiffMean direction (the supervised reference, concepts/diffmean.py).
 
 The metric plans the interventions from cached tensors (`plan`), the pipeline runs them as model
 stages (extraction/interventions.py, cached), and the metric reads the results. Keys (flat):
-prediction_recovered (+ _ci_lo/_ci_hi), kl_recon, kl_mean, ablation_dlogp_t, ablation_dlogp_t_random,
+prediction_recovered (+ _ci_lo/_ci_hi; nan where the mean ablation does not lower log p(t)),
+logp_t_clean / _recon / _mean, dlogp_t_recon (+ CI: recon − clean), kl_recon, kl_mean, ablation_dlogp_t, ablation_dlogp_t_random,
 ablation_dlogp_words, top1_ablation_minus_random_{diff,ci_lo,ci_hi,significant}, and per α:
 steer_success/alpha_<α> (+ _random, _diffmean), steer_word_gain/alpha_<α> (+ _random),
 steer_fluency/alpha_<α> (+ _random, _diffmean), steer_fluency_unsteered. Artefacts: "causal" (per
@@ -94,8 +98,17 @@ def random_like_norms(norms: torch.Tensor, H: int, seed: int) -> torch.Tensor:
 
 
 def ratio_ci(clean: np.ndarray, recon: np.ndarray, mean: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """prediction_recovered and a bootstrap 95 % CI (resampling the samples)."""
+    """prediction_recovered and a bootstrap 95 % CI (resampling the samples).
+
+    The ratio is defined only when the mean ablation lowers log p(t): when the paired CI of
+    log p_clean(t) − log p_mean(t) does not lie above 0 (the train mean of states that predict t can
+    predict t as well as each state does), the denominator is noise and the ratio is (nan, nan, nan)."""
     from scipy.stats import bootstrap
+
+    if len(clean) >= 3:
+        _, den_lo, _ = mean_ci(np.asarray(clean, float) - np.asarray(mean, float), seed)
+        if not den_lo > 0:
+            return float("nan"), float("nan"), float("nan")
 
     def stat(c, r, m, axis=-1):
         den = c.mean(axis) - m.mean(axis)
@@ -258,6 +271,15 @@ class Causal:
         pr, lo, hi = ratio_ci(lp_t[:, col["clean"]].numpy(), lp_t[:, col["recon"]].numpy(), lp_t[:, col["mean"]].numpy(),
                               seed)
         out |= {"prediction_recovered": pr, "prediction_recovered_ci_lo": lo, "prediction_recovered_ci_hi": hi}
+        for name in ("clean", "recon", "mean"):
+            out[f"logp_t_{name}"] = float(lp_t[:, col[name]].mean())
+        m, l_, h_ = mean_ci((lp_t[:, col["recon"]] - lp_t[:, col["clean"]]).numpy(), seed)
+        out |= {"dlogp_t_recon": m, "dlogp_t_recon_ci_lo": l_, "dlogp_t_recon_ci_hi": h_}
+        if not math.isfinite(pr):
+            log.warning("prediction_recovered is undefined here: the train-mean ablation does not lower log p(t) "
+                        "(E log p: clean %.4f, mean %.4f; the mean of the states that predict t predicts t too). "
+                        "Read kl_recon and dlogp_t_recon (recon − clean: %.4f) instead.",
+                        out["logp_t_clean"], out["logp_t_mean"], m)
         for name in ("recon", "mean"):
             m, l_, h_ = mean_ci(kl[:, col[name]].numpy(), seed)
             out |= {f"kl_{name}": m, f"kl_{name}_ci_lo": l_, f"kl_{name}_ci_hi": h_}

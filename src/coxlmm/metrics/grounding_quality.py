@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from coxlmm.metrics.base import EvalInput, MetricResult
-from coxlmm.scorers.base import batches
+from coxlmm.scorers.base import Scorers, batches
 from coxlmm.scorers.words import words_bert_scores, words_clip_scores
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,8 @@ class GroundingQuality:
         from coxlmm.grounding.text import keep_words, random_words_like
 
         scorer = inp.services.scorer
-        clip, bert = getattr(scorer, "clip", None), getattr(scorer, "bert", None)
+        clip, bert = Scorers.of(scorer, "grounding quality")
         if clip is None and bert is None:
-            log.warning("grounding quality skipped: no scorer configured (use scorer=embedded or scorer=clip)")
             return MetricResult()
         concepts, train = inp.concepts, inp.train
         ks = [k for k in range(concepts.n_concepts) if concepts.words[k] and concepts.top_indices[k]]

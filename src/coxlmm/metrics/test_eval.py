@@ -43,7 +43,7 @@ import torch
 
 from coxlmm.metrics.base import NOISE_TRAIN, EvalInput, MetricResult, Split
 from coxlmm.metrics.stats import mean_std, paired_scores
-from coxlmm.scorers.base import batches, clip_score
+from coxlmm.scorers.base import Scorers, batches, clip_score
 from coxlmm.scorers.words import words_bert_scores, words_clip_scores
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,8 @@ class TestSampleScores:
 
     def __call__(self, inp: EvalInput) -> MetricResult:
         scorer = inp.services.scorer
-        clip, bert = getattr(scorer, "clip", None), getattr(scorer, "bert", None)
+        clip, bert = Scorers.of(scorer, "test-sample CS/BS")
         if clip is None and bert is None:
-            log.warning("test-sample CS/BS skipped: no scorer configured (use scorer=embedded or scorer=clip)")
             return MetricResult()
         test = inp.test
         if test is None or len(test) == 0:

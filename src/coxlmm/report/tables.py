@@ -452,10 +452,11 @@ def causal_table(runs: pd.DataFrame) -> Table:
     and fluency at each α against the random and DiffMean controls (mean over tokens and seeds)."""
     rows = representative(runs)
     cells = []
-    if rows.empty or "prediction_recovered" not in rows:
+    if rows.empty or "kl_recon" not in rows:
         return _build("causal", "Causal faithfulness and steering", cells, ["method"])
     alphas = sorted({float(c.split("alpha_")[1]) for c in rows.columns if c.startswith("steer_success/alpha_")})
-    columns = [("Pred. recovered", "prediction_recovered"), ("KL recon", "kl_recon"), ("KL mean-abl.", "kl_mean"),
+    columns = [("Pred. recovered", "prediction_recovered"), ("Δlog p(t) recon", "dlogp_t_recon"),
+               ("KL recon", "kl_recon"), ("KL mean-abl.", "kl_mean"),
                ("Δlog p(t) top-1 abl.", "top1_ablation_dlogp_t"), ("Δlog p(t) random", "top1_ablation_dlogp_t_random")]
     columns += [(f"success α={a:g}", f"steer_success/alpha_{a:g}") for a in alphas]
     columns += [("fluency unsteered", "steer_fluency_unsteered")]
@@ -466,9 +467,9 @@ def causal_table(runs: pd.DataFrame) -> Table:
         for title, key in columns:
             v = g[key].dropna().astype(float) if key in g else pd.Series(dtype=float)
             mark = ""
-            if key == "prediction_recovered" and "prediction_recovered_ci_lo" in g and len(g) == 1:
-                lo, hi = g["prediction_recovered_ci_lo"].iloc[0], g["prediction_recovered_ci_hi"].iloc[0]
-                mark = f" [{lo:.2f}, {hi:.2f}]" if _finite(lo) else ""
+            if key in ("prediction_recovered", "dlogp_t_recon") and f"{key}_ci_lo" in g and len(g) == 1:
+                lo, hi = g[f"{key}_ci_lo"].iloc[0], g[f"{key}_ci_hi"].iloc[0]
+                mark = f" [{lo:.3g}, {hi:.3g}]" if _finite(lo) else ""
             cells.append(((label,), title, float(v.mean()) if len(v) else None,
                           float(v.std(ddof=0)) if len(v) > 1 else None, mark))
     for tag, title in (("random", "Random direction (same norm)"), ("diffmean", "DiffMean (supervised)")):
@@ -480,7 +481,8 @@ def causal_table(runs: pd.DataFrame) -> Table:
                     cells.append(((title,), col, float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else None, ""))
     return _build("causal", "Causal faithfulness at the target position and steering with the concepts", cells,
                   ["method"], "Pred. recovered: (E log p_recon(t) − E log p_mean(t)) / (E log p_clean(t) − E log "
-                  "p_mean(t)), [bootstrap 95 % CI] with one job. Δlog p(t): ablating each test sample's top-1 concept vs "
+                  "p_mean(t)), [bootstrap 95 % CI] with one job; – where the mean ablation does not lower log p(t) "
+                  "(the ratio is then undefined). Δlog p(t) recon: E[log p_recon(t) − log p_clean(t)]. Δlog p(t): ablating each test sample's top-1 concept vs "
                   "a random direction of the same norm. Success: share of test samples whose target lacks the matched "
                   "value and whose steered caption names it. The control rows steer the same values at the same norm.")
 
@@ -548,7 +550,7 @@ def tables(sweep: Sweep) -> list[Table]:
            grounding_table(runs), recovery_table(runs)]
     if any(c.endswith("/image_only") for c in runs.columns):
         out.append(split_recovery_table(runs))
-    if "prediction_recovered" in runs:
+    if "kl_recon" in runs:
         out.append(causal_table(runs))
     if _varies(runs, "layer"):
         out.append(by_table(runs.sort_values("layer", na_position="last", kind="stable"), "layer", "layers",

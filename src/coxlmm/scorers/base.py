@@ -20,6 +20,7 @@ Either part may be None: metrics then skip the scores that need it.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,16 @@ class Scorers:
 
     clip: Scorer | None = None
     bert: "BertScorer | None" = None
+
+    @staticmethod
+    def of(scorer: Any, what: str) -> tuple[Scorer | None, "BertScorer | None"]:
+        """(clip, bert) of a services' scorer (None, None when none is configured: `what` is skipped,
+        with a warning naming the scorer configs)."""
+        clip, bert = getattr(scorer, "clip", None), getattr(scorer, "bert", None)
+        if clip is None and bert is None:
+            logging.getLogger("coxlmm.metrics").warning(
+                "%s skipped: no scorer configured (use scorer=embedded or scorer=clip)", what)
+        return clip, bert
 
     def fingerprint(self) -> dict[str, Any]:
         return {"clip": self.clip.fingerprint() if self.clip is not None else None,
