@@ -97,8 +97,15 @@ def device_of(accelerator: Any) -> str:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    register_resolvers()
+
+
+def register_resolvers() -> None:
+    """The resolvers the configs use: `${device_of:<accelerator>}`, `${min:a,b}`."""
     if not OmegaConf.has_resolver("device_of"):
         OmegaConf.register_new_resolver("device_of", device_of)
+    if not OmegaConf.has_resolver("min"):  # e.g. the SAEs' default k: ${min:5,${.n_concepts}}
+        OmegaConf.register_new_resolver("min", lambda *xs: min(xs))
 
 
 def build(node, **kwargs):

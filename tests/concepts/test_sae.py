@@ -94,3 +94,12 @@ def test_sae_codes_are_in_the_units_of_z(planted):
     b = build_dictionary("topk_sae", n_concepts=8, k=2, max_epochs=5).fit(1000 * Z)
     torch.testing.assert_close(b.U, a.U, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b.V_train, 1000 * a.V_train, atol=1e-1, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["topk_sae", "matryoshka_sae"])
+def test_default_k_is_5_or_k_when_the_dictionary_is_smaller(name):
+    from coxlmm.concepts.factory import compose_method
+
+    assert compose_method(name).k == 5
+    assert compose_method(name, n_concepts=3).k == 3  # debug=tiny's K = 3
+    assert compose_method(name, n_concepts=3, k=2).k == 2

@@ -45,6 +45,9 @@ def compose_method(name: str, device: str = "cpu", trainer: dict[str, Any] | Non
             f"{', '.join(method_names())}. Add a method with one module under "
             "src/coxlmm/concepts/ and one yaml whose `_target_` names its class."
         )
+    from coxlmm.config import register_resolvers
+
+    register_resolvers()
     ConfigStore.instance().store(name=_ROOT, node={"device": device, "trainer": {**TRAINER, **(trainer or {})}})
     overrides = [f"+method={name}"]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path has conf/
