@@ -33,6 +33,7 @@ from coxlmm.metrics.causal import INTERVENTIONS
 from coxlmm.models.base import layer_name
 from coxlmm.models.spec import ModelSpec
 from coxlmm.progress import duration
+from coxlmm.scorers.cache import CachedImages
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +395,8 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     train = Features.read(train_ds, stores.train, layers, stores.noise_train)
     test = Features.read(test_ds, stores.test, layers, stores.noise_test) if stores.test is not None else None
     scorer = build(cfg.scorer) if cfg.scorer else None
+    if getattr(scorer, "clip", None) is not None:  # every job of a sweep embeds an image once (scorers/cache.py)
+        scorer.clip = CachedImages(scorer.clip, Path(cfg.paths.cache_dir) / "scorer")
     flat: dict[str, float] = {}
     results: list[LayerResult] = []
     for layer in layers:
