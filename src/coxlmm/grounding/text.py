@@ -132,26 +132,15 @@ DROP_REASONS = ("special token", "subword", "non-alpha", "too short", "stopword"
                 "not in vocabulary", "over n_words")
 
 
-def filter_words(
-    pieces: Iterable[str],
-    n_words: int = 10,
-    *,
-    vocabulary: frozenset[str] | set[str] | None = None,
-    stop: frozenset[str] | set[str] | None = None,
-    min_len: int = 3,
-    plurals: bool = True,
-    keep: Iterable[str] = (),
-) -> list[str]:
+def filter_words(pieces: Iterable[str], n_words: int = 10, **options: Any) -> list[str]:
     """Real, distinct, case-folded words among `pieces`, in order, at most `n_words` (rule: module doc).
 
     `pieces` are surface pieces from `word_pieces` (" dog", "ing") or raw `convert_ids_to_tokens`
-    output of BPE / sentencepiece tokenizers ("Ġdog", "▁dog"). `vocabulary` / `stop` default to
-    `grounding_vocabulary()` and scikit-learn's stopwords. `keep`: words that are never dropped as
-    stopwords nor for missing from the vocabulary (a dataset's declared factor values).
+    output of BPE / sentencepiece tokenizers ("Ġdog", "▁dog"). `options` are `filter_reasons`'
+    (vocabulary, stop, min_len, plurals, keep).
     """
     pieces = list(pieces)
-    reasons = filter_reasons(pieces, n_words, vocabulary=vocabulary, stop=stop, min_len=min_len, plurals=plurals,
-                             keep=keep)
+    reasons = filter_reasons(pieces, n_words, **options)
     return [_strip_piece(p).casefold() for p, r in zip(pieces, reasons) if r == KEPT]
 
 
@@ -167,7 +156,10 @@ def filter_reasons(
 ) -> list[str]:
     """Why the word filter keeps or drops each piece: one of `KEPT` or `DROP_REASONS` per piece, in
     order (the one implementation of the rule: `filter_words` returns the pieces marked `KEPT`,
-    stripped and case-folded). "" pieces (special or unknown ids) are "special token"."""
+    stripped and case-folded). "" pieces (special or unknown ids) are "special token".
+    `vocabulary` / `stop` default to `grounding_vocabulary()` and scikit-learn's stopwords; `keep`:
+    words that are never dropped as stopwords nor for missing from the vocabulary (a dataset's
+    declared factor values)."""
     vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
     stop = stopwords() if stop is None else stop
     keep = {w.casefold() for w in keep}
