@@ -54,18 +54,9 @@ def assign(gt: list[dict], pred: list[dict]) -> list[dict | None]:
     return best
 
 
-def match_objects(gt: list[dict], pred: list[dict]) -> list[dict[str, int]]:
-    """Per true object, {factor: 1 if right} under the best matching of predicted to true objects."""
-    return [{f: int(p is not None and p[f] == g[f]) for f in FACTORS} for g, p in zip(gt, assign(gt, pred))]
-
-
-def score_image(gt: list[dict], pred: list[dict]) -> dict[str, int]:
-    """Per-factor correct counts over the true objects (best matching), count and exact flags."""
-    hits = match_objects(gt, pred)
-    out = {f: sum(h[f] for h in hits) for f in FACTORS}
-    out["count_ok"] = int(len(pred) == len(gt))
-    out["exact"] = int(out["count_ok"] and sum(map(sum, (h.values() for h in hits))) == len(FACTORS) * len(gt))
-    return out
+def hits_of(gt: list[dict], matched: list[dict | None]) -> list[dict[str, int]]:
+    """Per true object, {factor: 1 if right} against its matched prediction (`assign`)."""
+    return [{f: int(p is not None and p[f] == g[f]) for f in FACTORS} for g, p in zip(gt, matched)]
 
 
 def evaluate(captions: list[str], world: ShapesWorld, style: str | None = None) -> dict:
@@ -78,8 +69,9 @@ def evaluate(captions: list[str], world: ShapesWorld, style: str | None = None) 
         gt = objects_of(rec.attributes)
         pred = parse_caption(cap)
         matched = assign(gt, pred)
-        hits = match_objects(gt, pred)
-        img = score_image(gt, pred)
+        hits = hits_of(gt, matched)
+        count_ok = len(pred) == len(gt)
+        exact = count_ok and all(all(h.values()) for h in hits)
         for g, p, held in zip(gt, matched, rec.attributes["heldout_pair"]):
             if held:
                 colour = (p or {}).get("colour") or "(none)"
@@ -88,8 +80,8 @@ def evaluate(captions: list[str], world: ShapesWorld, style: str | None = None) 
         for g in ("all", f"{len(gt)}_object"):
             c = counters[g]
             c["images"] += 1
-            c["count_ok"] += img["count_ok"]
-            c["exact"] += img["exact"]
+            c["count_ok"] += int(count_ok)
+            c["exact"] += int(exact)
             c["style_ok"] += int(style is None or caption_style(cap) == style)
         for h, held in zip(hits, rec.attributes["heldout_pair"]):
             for g in ("all", f"{len(gt)}_object", "heldout_pair" if held else "seen_pair"):

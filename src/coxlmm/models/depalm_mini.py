@@ -174,12 +174,14 @@ class Connector(nn.Module):
         return self.fc2(self.act(self.fc1(self.norm(x)))) + self.cell
 
 
+CHECKPOINT_FACTS = ("n_visual_tokens", "image_size", "world_version", "styles")  # training facts in the metadata
+
+
 def save_connector(connector: Connector, path: str, facts: dict[str, Any]) -> None:
     """Write the connector as fp16 safetensors (config in its metadata) + a JSON sidecar with facts."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in connector.state_dict().items()}
-    config = {**connector.config,
-              **{k: facts[k] for k in ("n_visual_tokens", "image_size", "world_version", "styles") if k in facts}}
+    config = {**connector.config, **{k: facts[k] for k in CHECKPOINT_FACTS if k in facts}}
     tmp = path + ".tmp"
     save_file(state, tmp, metadata={"config": json.dumps(config)})
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a half file under the real name
@@ -247,8 +249,7 @@ def load_connector(path: str, in_dim: int, out_dim: int, image_size: int) -> Con
     check_connector_version(path, config)
     connector = Connector(in_dim, hidden, out_dim, n_tokens)
     connector.load_state_dict({k: v.float() for k, v in state.items()})
-    connector.config.update({k: config[k] for k in ("n_visual_tokens", "image_size", "world_version", "styles")
-                             if k in config})
+    connector.config.update({k: config[k] for k in CHECKPOINT_FACTS if k in config})
     return connector.eval().requires_grad_(False)
 
 
@@ -265,6 +266,14 @@ def check_connector_version(path: str, config: dict[str, Any]) -> None:
         f"({VERSION_NOTES.get(GENERATOR_VERSION, '')}), and each style's instruction must be in the "
         f"connector's `styles` (known styles: {list(STYLES)}). Retrain with `make train-mini`."
     )
+
+
+def check_connector(path: str, prompt: str) -> str:
+    """Check a checkpoint's world version and that `prompt` selects one of its caption styles, from its
+    metadata only (no tensors, no model loaded); returns the style."""
+    _, config = read_connector(path, tensors=False)
+    check_connector_version(path, config)
+    return prompt_style(prompt, config["styles"])
 
 
 def prompt_style(prompt: str, styles: dict[str, str]) -> str:
@@ -488,9 +497,7 @@ def describe(connector_path: str | None = None, prompt: str = DEFAULT_PROMPT, im
             f"connector checkpoint {path} does not exist: set model.connector_path to a file written by "
             f"`make train-mini` (the shipped one is {DEFAULT_CONNECTOR})."
         )
-    _, config = read_connector(path, tensors=False)  # a connector of another version or an unknown prompt:
-    check_connector_version(path, config)          # refused here already, before any job loads a model
-    style = prompt_style(prompt, config["styles"])
+    style = check_connector(path, prompt)  # refused here already, before any job loads a model
     key = {"class": "DePALMMini", "connector_sha256": file_sha256(path), "prompt": prompt, "caption_style": style,
            "image_size": image_size, "dtype": dtype,
            "vision": f"efficientnet-lite0 ({VISION_PACKAGE} {_version(VISION_PACKAGE)})",
@@ -505,9 +512,7 @@ def load_depalm_mini(connector_path: str | None = None, prompt: str = DEFAULT_PR
     if dtype not in DTYPES:
         raise CoxlmmError(f"model.dtype={dtype!r} is not supported: use one of {list(DTYPES)}.")
     path = connector_path or DEFAULT_CONNECTOR
-    _, config = read_connector(path, tensors=False)  # version and prompt checked before the models load
-    check_connector_version(path, config)
-    prompt_style(prompt, config["styles"])
+    check_connector(path, prompt)  # version and prompt checked before the models load
     lm, tokenizer = load_language_model(DTYPES[dtype])
     if lm.config.num_hidden_layers != LM_BLOCKS:
         raise CoxlmmError(f"{LM_GGUF} has {lm.config.num_hidden_layers} decoder blocks, not the {LM_BLOCKS} that "

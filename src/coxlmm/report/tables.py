@@ -392,16 +392,10 @@ GROUNDING_COLUMNS = (("CS words", "grounding_cs_mean"), ("CS random", "grounding
 def grounding_table(runs: pd.DataFrame) -> Table:
     """Paper Fig. 3 as numbers: per (method, token), the mean score of each concept's words against its
     own top images, against length-matched random words, and the share of concepts whose words win."""
-    rows = representative(runs)
-    cells = []
-    for (_, token), g in rows.groupby(["method", "token"], sort=False) if not rows.empty else ():
-        for col, key in GROUNDING_COLUMNS:
-            mean, std, n = across_seeds(g, key)
-            if mean is not None:
-                cells.append(((g["method_display"].iloc[0], str(token)), col, mean, std if n > 1 else None, ""))
-    return _build("grounding", "Grounding: a concept's words against its top images, versus length-matched "
-                  "random words (mean over concepts; ± std across seeds)", cells, ["method", "token"],
-                  "win rate: share of a dictionary's concepts whose words score above their random words.")
+    t = by_table(representative(runs), None, "grounding", "Grounding: a concept's words against its top images, "
+                 "versus length-matched random words (mean over concepts; ± std across seeds)", GROUNDING_COLUMNS)
+    return Table(t.name, t.title, t.frame, t.values,
+                 "win rate: share of a dictionary's concepts whose words score above their random words.")
 
 
 SPLITS = ("text_known", "image_only")  # recovery_matched/<factor>/<split>: the split table's, not this one's
@@ -527,17 +521,19 @@ K_COLUMNS = (("Recon. err. train", "recon_rel_error_train"), ("Recon. err. test"
              ("Random dict.", "recovery_matched_random"))
 
 
-def by_table(runs: pd.DataFrame, x: str, name: str, title: str, columns: Sequence[tuple[str, str]]) -> Table:
-    """One row per (method, token, value of x): each column's mean (± std across seeds)."""
+def by_table(runs: pd.DataFrame, x: str | None, name: str, title: str, columns: Sequence[tuple[str, str]]) -> Table:
+    """One row per (method, token[, value of x]): each column's mean (± std across seeds)."""
+    keys = ["method", "token"] + ([x] if x else [])
     cells = []
-    for (method, token, xv), g in runs.groupby(["method", "token", x], sort=False, dropna=True):
-        label = g["layer_name"].iloc[0] if x == "layer" and "layer_name" in g else str(xv)
+    for group, g in runs.groupby(keys, sort=False, dropna=True) if not runs.empty else ():
+        row = (g["method_display"].iloc[0], str(group[1]))
+        if x:
+            row += (g["layer_name"].iloc[0] if x == "layer" and "layer_name" in g else str(group[2]),)
         for col, key in columns:
             if key in g and g[key].notna().any():
                 v = g[key].dropna().astype(float)
-                cells.append(((g["method_display"].iloc[0], str(token), str(label)), col, float(v.mean()),
-                               float(v.std(ddof=0)) if len(v) > 1 else None, ""))
-    return _build(name, title, cells, ["method", "token", x if x != "n_concepts" else "K"])
+                cells.append((row, col, float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else None, ""))
+    return _build(name, title, cells, ["method", "token"] + ([x if x != "n_concepts" else "K"] if x else []))
 
 
 def _varies(runs: pd.DataFrame, key: str) -> bool:

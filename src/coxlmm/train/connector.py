@@ -366,7 +366,6 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
 
     metrics = trainer.callback_metrics
     val_loss = metrics.get("val/loss")
-    overall = history.summary()
     facts = {
         "prompt": prompts[STYLES[0]],
         "styles": prompts,
@@ -376,12 +375,10 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
         "world": world.fingerprint(),
         "n_train_images": len(world),
         "n_train_pairs": len(train_set),
-        "steps": overall["steps"],
+        **history.summary(),  # steps, first_loss, final_loss_mean_last_20
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
         "seed": cfg.seed,
-        "first_loss": overall["first_loss"],
-        "final_loss_mean_last_20": overall["final_loss_mean_last_20"],
         "val_loss": float(val_loss) if val_loss is not None else None,
         "per_style": {s: {**history.summary(s),
                           "val_loss": float(metrics[f"val/loss_{s}"]) if f"val/loss_{s}" in metrics else None}
