@@ -7,7 +7,7 @@
     PCA       explained variance per component within 1e-8 (relative), the same directions
               (|cos| > 1 − 1e-8), and scikit-learn's signs (>= 1.5: the largest entry of each
               component is positive): every product u_k · components_k is positive
-The speed side is `bench/baselines_vs_sklearn.py`.
+The speed side is `bench/peers.py`.
 """
 
 from __future__ import annotations
