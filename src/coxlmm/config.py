@@ -40,7 +40,28 @@ class NoiseConfig:
     sample's own caption prefix, teacher-forced after a noise image, read at the position that predicts t."""
 
     images: str = "noise"  # noise | real (the sample's own image: a check that equals the extraction)
-    seed: int = 0  # fixed, not the job's seed: one source per (model, data, token, prompt) for every job
+    # One draw of the source per seed (Noise-Imgs and prefix-only average over them). Fixed, not the
+    # job's seed: the same draws for every job of a (model, data, token, prompt), each cached once.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+@dataclass
+class FitConfig:
+    """How every dictionary of a run is fitted (the dictionary, the stability refit, Noise-Imgs')."""
+
+    # Fit on a bootstrap resample of the training rows drawn from the seed: the seeds of a sweep are then
+    # replicates of the fit for every method (deterministic ones included), and a method's spread over
+    # seeds includes its fit variance.
+    resample: bool = False
+
+
+@dataclass
+class CompareConfig:
+    """A family of method-vs-method comparisons (`coxlmm-tables`' claims table, Holm-corrected over it)."""
+
+    reference: Optional[str] = None  # a method name of the sweep (e.g. semi_nmf); null: no comparisons
+    against: list[str] = field(default_factory=list)  # methods compared with the reference; [] = every other one
+    samples: list[str] = field(default_factory=lambda: ["top1_cs", "top1_bs"])  # per-unit score arrays compared
 
 
 @dataclass
@@ -75,6 +96,8 @@ class Config:
     trainer: Any = MISSING
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     dictionary_path: Optional[str] = None  # a run's dictionary.safetensors to use instead of fitting `method`
@@ -146,3 +169,7 @@ def check_noise(n: Any) -> None:
     if n.images not in ("noise", "real"):
         raise CoxlmmError(f"noise.images={n.images!r} is invalid: use noise (the baseline: uniform pixel noise) or "
                           "real (each sample's own image: a check that reproduces the extraction).")
+    seeds = list(n.seeds) if n.seeds is not None else []
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise CoxlmmError(f"noise.seeds={seeds!r} is invalid: give one or more distinct integers, e.g. [0, 1, 2] "
+                          "(one draw of the noise source each; Noise-Imgs and prefix-only average over them).")

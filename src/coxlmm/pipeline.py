@@ -12,6 +12,7 @@ so a sweep job over cached features loads no model weights (`models/spec.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +31,8 @@ from coxlmm.config import build, check_extraction, check_noise
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction import ExtractionSettings, FeatureStore, ensure_readout, extract, extract_noise
 from coxlmm.metrics.base import NOISE_TEST, NOISE_TRAIN, EvalInput, MetricResult, Services, Split
-from coxlmm.metrics.causal import INTERVENTIONS
+from coxlmm.metrics.run import run_facts
+from coxlmm.metrics.schema import Schema
 from coxlmm.models.base import layer_name
 from coxlmm.models.spec import ModelSpec
 from coxlmm.progress import duration
@@ -100,16 +103,35 @@ def dictionary_factory(cfg: DictConfig):
     return lambda seed: build(node, seed=seed)
 
 
+def bootstrap_rows(n: int, seed: int) -> torch.Tensor:
+    """(n,) row indices drawn with replacement, seeded: the training rows of one refit (`fit.resample`)."""
+    return torch.randint(0, n, (n,), generator=torch.Generator().manual_seed(10_007 * seed + 1))
+
+
+def fitter(cfg: DictConfig):
+    """(Z, seed) -> a fitted dictionary of the run's method and K: every fit of a run goes through it
+    (the dictionary, the stability refit, the Noise-Imgs dictionaries). With `fit.resample` each fit
+    sees a bootstrap resample of its rows drawn from its seed, so the seeds of a sweep are replicates
+    of the fit for every method, the deterministic ones (Semi-NMF's SVD start, PCA, Simple) included."""
+    make = dictionary_factory(cfg)
+    resample = bool(cfg.fit.resample)
+
+    def fit(Z: torch.Tensor, seed: int):
+        return make(seed).fit(Z[bootstrap_rows(len(Z), seed)] if resample else Z)
+
+    return fit
+
+
 # --- model stages ------------------------------------------------------------------------------------------
 @dataclass
 class Stores:
     train: FeatureStore
     test: FeatureStore | None
-    noise_train: FeatureStore | None
-    noise_test: FeatureStore | None
+    noise_train: list[FeatureStore]  # one entry per noise seed, when a metric requested it
+    noise_test: list[FeatureStore]
 
 
-def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, test_ds, needs: set[str]
+def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, test_ds, requests: set
                  ) -> Stores | None:
     """Fill (or find) every feature-store entry the run needs. None on non-zero ranks of a DDP launch:
     every rank runs every stage (each is a collective `Trainer.predict`); only rank 0 goes on."""
@@ -124,11 +146,12 @@ def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, 
             test = extract(spec, test_ds, cfg.token, layers, settings(cfg, "test"), root, cfg.trainer, wait)
         except CoxlmmError as e:
             log.warning("no test features (%s); test metrics are skipped", e)
-    noise = dict(images=cfg.noise.images, seed=cfg.noise.seed, trainer=cfg.trainer, wait_report_s=wait)
-    noise_train = extract_noise(spec, train, train_ds, settings(cfg, "train"), root, **noise) \
-        if NOISE_TRAIN in needs else None
-    noise_test = extract_noise(spec, test, test_ds, settings(cfg, "test"), root, **noise) \
-        if NOISE_TEST in needs and test is not None else None
+    noise = dict(images=cfg.noise.images, trainer=cfg.trainer, wait_report_s=wait)
+    seeds = list(cfg.noise.seeds)
+    noise_train = [extract_noise(spec, train, train_ds, settings(cfg, "train"), root, seed=s, **noise)
+                   for s in seeds] if NOISE_TRAIN in requests else []
+    noise_test = [extract_noise(spec, test, test_ds, settings(cfg, "test"), root, seed=s, **noise)
+                  for s in seeds] if NOISE_TEST in requests and test is not None else []
     if rank_zero_only.rank != 0:
         return None
     return Stores(train, test, noise_train, noise_test)
@@ -137,26 +160,47 @@ def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, 
 # --- tensor stages -----------------------------------------------------------------------------------------
 @dataclass
 class Features:
-    """One split's selected samples: Z per layer (M, B), the store's records, and the noise source."""
+    """One split's selected samples: Z per layer (M, B), the store's records, and the noise draws."""
 
     dataset: Any
     Z: dict[int, torch.Tensor]
     records: list[dict[str, Any]]  # row i of every Z[l] <-> records[i] (index, id, caption, ...)
-    noise: dict[int, torch.Tensor] | None = None
+    noise: dict[int, tuple[torch.Tensor, ...]] = None  # layer -> one (M, B) per noise seed
 
     @classmethod
-    def read(cls, dataset, store: FeatureStore, layers: list[int], noise: FeatureStore | None = None) -> "Features":
+    def read(cls, dataset, store: FeatureStore, layers: list[int], noise: list[FeatureStore] = (),
+             tokenizer: Any = None, token: str | None = None) -> "Features":
         Z, records = store.load(layers)
-        Zn = None
-        if noise is not None:
-            Zn, noise_records = noise.load(layers)
+        draws: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+        for entry in noise:
+            Zn, noise_records = entry.load(layers)
             if [r["index"] for r in noise_records] != [r["index"] for r in records]:
-                raise CoxlmmError(f"the noise source {noise.dir} does not hold the samples of {store.dir}: delete it.")
-            Zn = {l: z.float() for l, z in Zn.items()}
-        return cls(dataset, {l: z.float() for l, z in Z.items()}, records, Zn)
+                raise CoxlmmError(f"the noise source {entry.dir} does not hold the samples of {store.dir}: delete it.")
+            for l in layers:
+                draws[l].append(Zn[l].float())
+        if tokenizer is not None and token is not None:
+            records = reannotate(dataset, records, tokenizer, token)
+        return cls(dataset, {l: z.float() for l, z in Z.items()}, records, {l: tuple(d) for l, d in draws.items()})
 
     def split(self, layer: int, V: torch.Tensor) -> Split:
-        return Split(self.Z[layer], V, self.records, self.dataset, self.noise[layer] if self.noise else None)
+        return Split(self.Z[layer], V, self.records, self.dataset, self.noise.get(layer, ()) if self.noise else ())
+
+
+def reannotate(dataset, records: list[dict[str, Any]], tokenizer: Any, token: str) -> list[dict[str, Any]]:
+    """Each record's `annotation` recomputed from its caption and generated prefix (`dataset.annotate`):
+    the annotation is a function of the data and the generated text, a tensor-stage fact, so a fix to
+    it applies to cached features without extracting again."""
+    annotate = getattr(dataset, "annotate", None)
+    if annotate is None:
+        return records
+    out = []
+    for r in records:
+        if "prefix_ids" not in r or r.get("caption") is None:
+            out.append(r)
+            continue
+        prefix = tokenizer.decode(list(r["prefix_ids"]), skip_special_tokens=True)
+        out.append({**r, "annotation": annotate(dataset.records[int(r["index"])], r["caption"], prefix, token)})
+    return out
 
 
 @dataclass
@@ -169,6 +213,7 @@ class LayerResult:
     metrics: dict[str, float]
     artifacts: dict[str, Any]
     figures: dict[str, str]  # name -> PNG path
+    schema: Schema
     train_records: list[dict[str, Any]]
     dataset: Any  # the training split's dataset (images of the concepts table)
     dead_note: str = ""
@@ -196,18 +241,15 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
                   readout, scorer, metrics: dict[str, Any], out_dir: Path, stores: Stores | None = None) -> LayerResult:
     """Decompose Z at one layer, ground the concepts, evaluate, and write the layer's files.
 
-    A metric that needs interventions plans them here (from tensors); they run as model stages
-    (`causal_stages`, cached) before the metrics, which read their results."""
+    A metric whose `plan` asks for model-stage sources from the layer's tensors (the causal
+    interventions) gets them filled here, its own plan each, before it runs (`fill_requests`)."""
     from coxlmm.grounding.concept_set import ConceptSet
     from coxlmm.grounding.text import concept_words, keep_words
     from coxlmm.grounding.visual import top_samples
 
     out_dir.mkdir(parents=True, exist_ok=True)
     num_layers = spec.num_layers
-    make = dictionary_factory(cfg)
-
-    def refit(Z: torch.Tensor, seed: int):
-        return make(seed).fit(Z)
+    refit = fitter(cfg)
 
     t0 = time.perf_counter()
     Z_train = train.Z[layer]
@@ -221,10 +263,12 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
         V_train = dictionary.encode(Z_train)
     else:
         dictionary = refit(Z_train, cfg.seed)
-        V_train = dictionary.V_train
+        # A resampled fit saw some rows twice and others not at all: code every training row.
+        V_train = dictionary.encode(Z_train) if cfg.fit.resample else dictionary.V_train
     V_test = dictionary.encode(test.Z[layer]) if test is not None else None
-    log.info("layer %s: %s, K = %d, fitted on %d x %d in %s", layer_name(layer, num_layers), dictionary.name,
-             dictionary.n_concepts, *Z_train.shape, duration(time.perf_counter() - t0))
+    log.info("layer %s: %s, K = %d, fitted on %d x %d%s in %s", layer_name(layer, num_layers), dictionary.name,
+             dictionary.n_concepts, *Z_train.shape, " (bootstrap rows)" if cfg.fit.resample else "",
+             duration(time.perf_counter() - t0))
     note = dead_concepts_note(dictionary, Z_train, V_train)
     if note:
         log.warning("layer %s: %s", layer_name(layer, num_layers), note)
@@ -248,74 +292,74 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
                     dictionary=dictionary, concepts=concepts,
                     services=Services(lens=lens, ground=ground, refit=refit, scorer=scorer),
                     token=cfg.token, layer=layer, seed=cfg.seed, factors=factors, n_top=g.n_top, n_words=g.n_words)
-    if any(INTERVENTIONS in getattr(m, "needs", ()) for m in metrics.values()) and stores is not None:
-        inp = causal_stages(cfg, spec, stores, test, layer, inp, metrics)
-    scores: dict[str, float] = {}
-    artifacts: dict[str, Any] = {}
+    result = MetricResult()
     for name, metric in metrics.items():
         t1 = time.perf_counter()
-        res: MetricResult = metric(inp)
-        scores.update(res.scores)
-        artifacts.update(res.artifacts)
+        sources = fill_requests(cfg, spec, stores, test, layer, metric.plan(inp))
+        res: MetricResult = metric(dataclasses.replace(inp, sources=sources) if sources else inp)
+        result = result.merge(res)
         log.info("metric %s: %d scores in %s", name, len(res.scores), duration(time.perf_counter() - t1))
-
-    # Files first (a logger failure must never lose them), then figures.
-    doc = concepts.to_json()
-    for c in doc["concepts"]:  # per-concept causal numbers beside the words, when computed
-        if str(c["id"]) in (artifacts.get("causal") or {}):
-            c["causal"] = artifacts["causal"][str(c["id"])]
-    (out_dir / "concepts.json").write_text(json.dumps(doc, indent=1, default=_json_default))
-    from coxlmm.concepts.io import save_dictionary
-
-    save_dictionary(dictionary, out_dir / "dictionary.safetensors", provenance(spec, layer, cfg.token))
+    write_layer_files(cfg, out_dir, spec, layer, dictionary, concepts, result)
     figures: dict[str, str] = {}
-    for name, art in artifacts.items():
-        if hasattr(art, "savefig"):
-            if cfg.figures:
-                figures[name] = str(out_dir / f"{name}.png")
-                art.savefig(figures[name], dpi=110, bbox_inches="tight")
-        else:  # tables and dicts are results, not figures: always written
-            (out_dir / f"{name}.json").write_text(json.dumps(art, indent=1, default=_json_default))
+    for name, art in result.artifacts.items():
+        if hasattr(art, "savefig") and cfg.figures:
+            figures[name] = str(out_dir / f"{name}.png")
+            art.savefig(figures[name], dpi=110, bbox_inches="tight")
     if cfg.figures:
         figures |= _figures(cfg, concepts, dictionary, inp, out_dir)
     if cfg.report:
-        _report(out_dir, inp, keep, scores, artifacts)
-    return LayerResult(layer, layer_name(layer, num_layers), out_dir, concepts, dictionary, scores, artifacts,
-                       figures, train.records, train.dataset, note)
+        _report(out_dir, inp, keep, result)
+    return LayerResult(layer, layer_name(layer, num_layers), out_dir, concepts, dictionary, result.scores,
+                       result.artifacts, figures, result.schema, train.records, train.dataset, note)
 
 
-def causal_stages(cfg: DictConfig, spec, stores: Stores, test: Features | None, layer: int, inp: EvalInput,
-                  metrics: dict[str, Any]) -> EvalInput:
-    """Run the interventions the causal metrics plan (extraction/interventions.py) and put the results in
-    the input; the model is loaded only when a plan's results are not cached."""
-    import dataclasses
+def write_layer_files(cfg: DictConfig, out_dir: Path, spec, layer: int, dictionary, concepts, result: MetricResult
+                      ) -> None:
+    """concepts.json (with each concept's per-concept scores), the dictionary, samples.safetensors (the
+    per-unit scores), metrics_schema.json, and each JSON artefact: written before any logger runs, so a
+    logger failure never loses them."""
+    from safetensors.torch import save_file
 
-    from coxlmm.extraction.interventions import run_steer, run_target
-    from coxlmm.metrics.causal import CausalResults
+    from coxlmm.concepts.io import save_dictionary
 
-    if test is None or stores.test is None:
-        return inp
+    doc = concepts.to_json()
+    for c in doc["concepts"]:
+        scores = {key: values[c["id"]] for key, values in result.concepts.items()
+                  if c["id"] < len(values) and values[c["id"]] is not None}
+        if scores:
+            c["scores"] = scores
+    (out_dir / "concepts.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+    save_dictionary(dictionary, out_dir / "dictionary.safetensors", provenance(spec, layer, cfg.token))
+    if result.samples:
+        tensors = {name: torch.tensor(np.asarray(values, dtype=np.float64))
+                   for name, (_, values) in result.samples.items()}
+        save_file(tensors, str(out_dir / "samples.safetensors"),
+                  metadata={f"ids:{name}": json.dumps(list(ids)) for name, (ids, _) in result.samples.items()})
+    (out_dir / "metrics_schema.json").write_text(json.dumps(result.schema.to_json(), indent=1))
+    for name, art in result.artifacts.items():
+        if not hasattr(art, "savefig"):  # tables and dicts are results, not figures: always written
+            (out_dir / f"{name}.json").write_text(json.dumps(art, indent=1, default=_json_default))
+
+
+def fill_requests(cfg: DictConfig, spec, stores: Stores | None, test: Features | None, layer: int, requests
+                  ) -> dict[Any, Any]:
+    """Run the model stages a metric's plan asks for (each request knows its stage, cached in the store;
+    the model is loaded only when a result is missing) and return {request: result}."""
+    if not requests or stores is None or stores.test is None or test is None:
+        return {}
     root = str(Path(cfg.paths.cache_dir) / "features")
-    for metric in metrics.values():
-        if INTERVENTIONS not in getattr(metric, "needs", ()):
-            continue
-        plan = metric.plan(inp)
-        if plan is None:
-            continue
+    context = dict(model=spec, parent=stores.test, dataset=test.dataset, layer=layer, root=root,
+                   settings=settings(cfg, "test"), trainer=cfg.trainer)
+    out = {}
+    for request in requests:
         t0 = time.perf_counter()
-        rows = getattr(metric, "rows_per_forward", 32)
-        target = run_target(spec, stores.test, test.dataset, plan.target, layer, root, settings(cfg, "test"),
-                            cfg.trainer, rows)
-        steer = run_steer(spec, stores.test, test.dataset, plan.steer, layer, root, settings(cfg, "test"), cfg.trainer,
-                          rows) if plan.steer is not None else None
-        log.info("causal stages of layer %s: %d samples x (%d edits, %d steering directions) in %s",
-                 layer_name(layer, spec.num_layers), len(plan.rows), len(plan.target.variants),
-                 len(plan.steer.directions) if plan.steer is not None else 0, duration(time.perf_counter() - t0))
-        inp = dataclasses.replace(inp, interventions=(plan, CausalResults(target, steer)))
-    return inp
+        out[request] = request.run(**context)
+        log.info("%s of layer %s in %s", request.describe(), layer_name(layer, spec.num_layers),
+                 duration(time.perf_counter() - t0))
+    return out
 
 
-def _report(out_dir: Path, inp: EvalInput, keep: set[str], scores: dict[str, float], artifacts: dict) -> None:
+def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult) -> None:
     """The concept browser's report.json + report.html (report/browser); a failure only warns."""
     from coxlmm.report.browser import write_run_report
 
@@ -330,7 +374,8 @@ def _report(out_dir: Path, inp: EvalInput, keep: set[str], scores: dict[str, flo
         write_run_report(out_dir, concepts=inp.concepts, V_train=inp.train.V,
                          V_test=inp.test.V if inp.test is not None else None, train=rows(inp.train),
                          test=rows(inp.test), lens=inp.services.lens, n_top=inp.n_top, n_words=inp.n_words,
-                         keep_words=keep, metrics=scores, artifacts=artifacts, image=image)
+                         keep_words=keep, metrics=result.scores, schema=result.schema, concept_scores=result.concepts,
+                         image=image)
     except Exception as e:  # noqa: BLE001 - the report is a view: it must never lose the run's results
         log.warning("the concept browser's report could not be written (%s: %s); the run's files are unaffected",
                     type(e).__name__, e)
@@ -372,7 +417,8 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     layers = resolve_layers(spec, list(cfg.layers))
     check_saved_dictionary(cfg, spec, layers)
     metrics = {name: build(node) for name, node in (cfg.metrics or {}).items() if node}
-    needs = set().union(*(getattr(m, "needs", frozenset()) for m in metrics.values()))
+    check_metrics(metrics)
+    requests = set().union(*(m.requests() for m in metrics.values()))
     train_ds = build(cfg.data, split=cfg.train_split)
     test_ds = build(cfg.data, split=cfg.test_split) if cfg.test_split else None
     style, references = spec.key.get("caption_style"), getattr(train_ds, "caption_style", None)
@@ -381,7 +427,7 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
                     "them with references of the other grammar (set data.caption_style=%s)", style, references, style)
 
     t0 = time.perf_counter()
-    stores = model_stages(cfg, spec, layers, train_ds, test_ds, needs)
+    stores = model_stages(cfg, spec, layers, train_ds, test_ds, requests)
     if stores is None:  # a non-zero rank of a multi-device extraction: rank 0 does the rest
         return {}
     model_seconds = time.perf_counter() - t0
@@ -392,8 +438,10 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
         log.info("all features cached: no model weights loaded")
 
     t1 = time.perf_counter()
-    train = Features.read(train_ds, stores.train, layers, stores.noise_train)
-    test = Features.read(test_ds, stores.test, layers, stores.noise_test) if stores.test is not None else None
+    tokenizer = readout.at(layers[0]).tokenizer
+    train = Features.read(train_ds, stores.train, layers, stores.noise_train, tokenizer, cfg.token)
+    test = Features.read(test_ds, stores.test, layers, stores.noise_test, tokenizer, cfg.token) \
+        if stores.test is not None else None
     scorer = build(cfg.scorer) if cfg.scorer else None
     if getattr(scorer, "clip", None) is not None:  # every job of a sweep embeds an image once (scorers/cache.py)
         scorer.clip = CachedImages(scorer.clip, Path(cfg.paths.cache_dir) / "scorer")
@@ -408,24 +456,38 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
         results.append(res)
         if job is not None:
             job.log_layer(res, multi=len(layers) > 1)
-    flat["n_train"] = len(train.records)
-    flat["n_test"] = len(test.records) if test is not None else 0
-    flat["seconds_model_stages"] = model_seconds
-    flat["seconds_tensor_stages"] = time.perf_counter() - t1
+    facts = run_facts(len(train.records), len(test.records) if test is not None else 0, model_seconds,
+                      time.perf_counter() - t1)
+    flat |= facts.scores
     flat = {k: float(v) for k, v in flat.items() if _is_number(v)}
+    schema = facts.schema.merge(*(r.schema for r in results))
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
+    if len(layers) > 1:  # the layers' schemas in one place, for the sweep tables
+        (out_dir / "metrics_schema.json").write_text(json.dumps(schema.to_json(), indent=1))
     if job is not None:
         job.log_summary(flat)
     if cfg.print_summary:
-        print(summary(out_dir, results, flat))
+        print(summary(out_dir, results, flat, schema))
     return flat
+
+
+def check_metrics(metrics: dict[str, Any]) -> None:
+    """Every configured metric is a `coxlmm.metrics.base.Metric` (it declares its requests and plan)."""
+    from coxlmm.metrics.base import Metric
+
+    bad = {name: type(m).__name__ for name, m in metrics.items() if not isinstance(m, Metric)}
+    if bad:
+        raise CoxlmmError(f"metrics {bad} are not coxlmm metrics: subclass coxlmm.metrics.base.Metric (name, "
+                          "__call__(inp) -> MetricResult; `requests`/`plan` when they need the model).")
 
 
 def stores_summary(stores: Stores) -> dict[str, dict[str, Any]]:
     """Per filled entry: counts and time from its manifest (what the loggers record of the model stages)."""
+    entries = {"train": stores.train, "test": stores.test}
+    entries |= {f"noise_train_{i}": e for i, e in enumerate(stores.noise_train)}
+    entries |= {f"noise_test_{i}": e for i, e in enumerate(stores.noise_test)}
     out = {}
-    for name in ("train", "test", "noise_train", "noise_test"):
-        store = getattr(stores, name)
+    for name, store in entries.items():
         if store is None:
             continue
         m = store.manifest()
@@ -441,21 +503,22 @@ def _is_number(v) -> bool:
         return False
 
 
-def summary(out_dir: Path, results: list[LayerResult], metrics: dict[str, float]) -> str:
-    """A short human summary: where the outputs are, the top words of each concept, and warnings."""
+def summary(out_dir: Path, results: list[LayerResult], metrics: dict[str, float], schema: Schema) -> str:
+    """A short human summary: where the outputs are, the top words of each concept, the headline scores
+    (the ones their metrics mark `summary`, under their labels), and warnings."""
     lines = [f"\ncoxlmm: outputs in {out_dir}"]
     for res in results:
         c = res.concepts
         lines.append(f"  {c.method}, token {c.token!r}, layer {res.name}: {c.n_concepts} concepts "
-                     f"from {int(metrics.get('n_train', 0))} training samples")
+                     f"from {len(res.train_records)} training samples")
         for k in range(c.n_concepts):
             lines.append(f"    {k:>2}: {', '.join(c.words[k][:6]) or '(no words)'}")
         if res.dead_note:
             lines.append(f"  warning: {res.dead_note}")
-    keys = [k for k in ("overlap", "recon_rel_error_train", "recon_rel_error_test", "sparsity_l0_test",
-                        "cs_top1_mean", "bs_top1_mean", "recovery_matched") if k in metrics]
-    if keys:
-        lines.append("  " + "  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
+        head = [f"{s.label}{f' ({s.row})' if s.row and s.row != s.label else ''} = {res.metrics[s.key]:.{s.digits}f}"
+                for s in schema.headline() if _is_number(res.metrics.get(s.key))]
+        if head:
+            lines.append("  " + " · ".join(head))
     return "\n".join(lines)
 
 

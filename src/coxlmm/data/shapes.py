@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from coxlmm.data.base import CaptionDataset, SampleRecord, contains_word
+from coxlmm.data.base import CaptionDataset, SampleRecord
 from coxlmm.errors import CoxlmmError
 
 GENERATOR_VERSION = 2
@@ -271,6 +271,18 @@ def target_object(attrs: dict[str, Any], caption: str, token: str) -> int | None
     return max(candidates, key=agreement)  # max keeps the first of equal scores: canonical order
 
 
+def named_values(prefix: str) -> dict[str, str]:
+    """factor -> the value word of that factor the text names last (nearest the end), for every factor
+    the text names at all ("a large red circle and a small blue" -> colour: blue, size: small)."""
+    out: dict[str, tuple[int, str]] = {}
+    for f, values in FACTOR_VALUES.items():
+        for v in values:
+            for m in re.finditer(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", prefix, re.IGNORECASE):
+                if f not in out or m.start() > out[f][0]:
+                    out[f] = (m.start(), v)
+    return {f: v for f, (_, v) in out.items()}
+
+
 def annotate_caption(attrs: dict[str, Any], caption: str, prefix: str, token: str,
                      heldout_pairs: frozenset[tuple[str, str]] = frozenset(HELDOUT_PAIRS)) -> dict[str, Any]:
     """Which object a matched word names and which of its factors the text before it had already given.
@@ -281,7 +293,10 @@ def annotate_caption(attrs: dict[str, Any], caption: str, prefix: str, token: st
 
         target        {factor: value} of the object the word names (`target_object`), or None
         companion     {factor: value} of the other object of a two-object image, else None
-        text_known    the target's factors, other than the word's own, whose value word is in the prefix
+        text_known    the target's factors, other than the word's own, of which the prefix names *some*
+                      value, right or wrong: what the state that predicts the word could read from the text
+        text_named    {factor: value} the prefix names last for each text-known factor (it may not be the
+                      target's: the model can caption a red circle "blue")
         image_only    the target's other factors (not the word's own): only the image carries them
         style         the caption's grammar (`caption_style`)
         heldout_pair  whether the target's (shape, colour) is a held-out pair
@@ -292,11 +307,13 @@ def annotate_caption(attrs: dict[str, Any], caption: str, prefix: str, token: st
     target = objs[i] if i is not None else None
     companion = objs[1 - i] if i is not None and len(objs) == 2 else None
     others = [f for f in FACTORS if f != own] if target else []
-    known = [f for f in others if contains_word(prefix, target[f])]
+    named = named_values(prefix)
+    known = [f for f in others if f in named]
     return {
         "target": dict(target) if target else None,
         "companion": dict(companion) if companion else None,
         "text_known": known,
+        "text_named": {f: named[f] for f in known},
         "image_only": [f for f in others if f not in known],
         "style": caption_style(caption),
         "heldout_pair": bool(target and (target["shape"], target["colour"]) in heldout_pairs),

@@ -281,6 +281,50 @@ def random_words_like(
     return out
 
 
+class RandomWordPool:
+    """Draws of the Rnd-Words null: `size` random unit directions (seeded) read through the same lens,
+    each one's top tokens filtered like real words (`random_words_like`'s rule). A draw of length n is
+    the first n words of a member's list, which is what `random_words_like` gives that direction for n.
+
+    A null drawn once per concept is one draw shared by every sample with that concept; the pool gives
+    each (sample, draw) its own member, uniformly, so a metric averages over R draws per sample and
+    its interval includes the null's variance (the pool is large, so draws rarely coincide).
+    """
+
+    def __init__(self, lens: Any, size: int = 256, seed: int = 0, max_words: int = 10, tokens_per_word: int = 10,
+                 **filter_kwargs: Any):
+        unembed, self.tokenizer = _unembed_and_tokenizer(lens, None)
+        self.max_words, self.tokens_per_word, self.filter_kwargs = int(max_words), tokens_per_word, filter_kwargs
+        R = random_directions(size, int(lens.hidden_size), seed=seed * 100_003 + 7)
+        self.logits = torch.cat([unembed(R[i:i + 64]).float() for i in range(0, size, 64)])  # (size, vocab)
+        self._lists: dict[tuple[int, int], list[str]] = {}
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+    def words(self, j: int, n: int) -> list[str]:
+        """The first n words of member j (never fewer unless the vocabulary runs out)."""
+        n = max(1, int(n))
+        need = max(n, self.max_words)
+        if (j, need) not in self._lists:
+            vocab = self.logits.shape[1]
+            window = self.tokens_per_word * need
+            while True:
+                ids = self.logits[j].topk(min(window, vocab)).indices.tolist()
+                words = filter_words(word_pieces(self.tokenizer, ids), need, **self.filter_kwargs)
+                if len(words) >= need or window >= vocab:
+                    break
+                window *= 2
+            self._lists[(j, need)] = words
+        return self._lists[(j, need)][:n]
+
+    def draw(self, lengths: Sequence[int], n_draws: int, rng: "Any") -> list[list[list[str]]]:
+        """Per unit i, `n_draws` word sets of length lengths[i], each from a member drawn uniformly
+        (numpy Generator `rng`)."""
+        members = rng.integers(0, len(self), size=(len(lengths), n_draws))
+        return [[self.words(int(j), n) for j in row] for n, row in zip(lengths, members)]
+
+
 def keep_words(factors: dict[str, Sequence[str]]) -> set[str]:
     """The words of a dataset's declared factor values ("light gray" gives two): the filter keeps them."""
     return {part for values in factors.values() for v in values for part in str(v).split()}

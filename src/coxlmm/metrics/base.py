@@ -1,27 +1,35 @@
-"""The metric interface: a metric is a function of a small typed input that returns scores and artefacts.
+"""The metric interface: a metric is a function of a small typed input that returns its numbers and
+what they mean.
 
-    metric(inp: EvalInput) -> MetricResult(scores={name: float}, artifacts={name: rows | dict | Figure})
+    metric(inp: EvalInput) -> MetricResult(scores, artifacts, schema, samples, concepts)
 
-It never drives the model and never writes into shared state: the pipeline writes the scores to
-`metrics.json` and the loggers, and each artefact to `<name>.json` (or `<name>.png` for a figure).
-A metric that needs an extraction-side source (the position-matched noise states) says so in `needs`
-("noise:train", "noise:test"); the pipeline's model stages fill those sources before any metric runs.
-A metric that needs "interventions" (metrics/causal.py) also has `plan(inp)`: it says from cached
-tensors which edits to run; the pipeline runs them as model stages and hands the results back in
-`inp.interventions`.
+    scores     {key: float}: the run's metrics.json
+    artifacts  {name: rows | dict | matplotlib Figure}: <name>.json / <name>.png
+    schema     metrics/schema.py: what every score, per-sample array and per-concept column is,
+               which table it belongs to and how it is shown; the views render from it
+    samples    {name: (ids, (M,) or (M, R) array)}: per-unit scores (samples.safetensors), what the
+               sweep tables pair across jobs and methods
+    concepts   {key: K values}: per-concept columns (concepts.json, the concept browser)
 
-A user adds a metric by writing such a class and listing it with `_target_` in a conf/metrics/*.yaml.
+A metric never drives the model and never writes into shared state. What it needs from the model
+stages it *requests* with typed values (`NoiseStates`; the causal package adds its own): the
+pipeline fills every request before the metric runs and hands the result back in the input
+(`Split.noise`). A user adds a metric by writing such a class and listing it with `_target_` in a
+conf/metrics/*.yaml file; its numbers then appear in the tables and the browser with no other edit.
 
-Shapes: Z (M, B), V (M, K), U (K, B); row i of a split's Z, V and noise belongs to its records[i].
+Shapes: Z (M, B), V (M, K), U (K, B); row i of a split's Z, V and noise draws belongs to its records[i].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from coxlmm.metrics.schema import Schema
 
 if TYPE_CHECKING:  # imported for types only: metrics stay importable without models
     from PIL import Image
@@ -29,7 +37,16 @@ if TYPE_CHECKING:  # imported for types only: metrics stay importable without mo
     from coxlmm.concepts.base import Dictionary
     from coxlmm.grounding.concept_set import ConceptSet
 
-NOISE_TRAIN, NOISE_TEST = "noise:train", "noise:test"
+
+@dataclass(frozen=True)
+class NoiseStates:
+    """Request: the position-matched noise source of a split (each selected sample's own caption prefix
+    teacher-forced after a noise image; the state that predicts t), one draw per `noise.seeds` entry."""
+
+    split: str  # "train" | "test"
+
+
+NOISE_TRAIN, NOISE_TEST = NoiseStates("train"), NoiseStates("test")
 
 
 @dataclass(frozen=True)
@@ -43,10 +60,14 @@ class Split:
     V: torch.Tensor  # (M, K) the dictionary's codes of Z
     records: list[dict[str, Any]]
     dataset: Any  # CaptionDataset: images and reference captions
-    noise: torch.Tensor | None = None  # (M, B) position-matched noise-image states, when a metric needs them
+    noise: tuple[torch.Tensor, ...] = ()  # (M, B) per noise draw: the position-matched noise states, when requested
 
     def __len__(self) -> int:
         return int(self.Z.shape[0])
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(r["id"]) for r in self.records]
 
     @property
     def indices(self) -> list[int]:
@@ -88,7 +109,7 @@ class EvalInput:
     factors: dict[str, list[str]] = field(default_factory=dict)  # the dataset's declared factor values
     n_top: int = 50  # grounding settings the concepts' words were read with
     n_words: int = 10
-    interventions: Any = None  # (plan, results) of the causal model stages, for a metric that needs them
+    sources: dict[Any, Any] = field(default_factory=dict)  # request -> result: the model stages of this metric's plan
 
     @property
     def eval_split(self) -> Split:
@@ -100,10 +121,39 @@ class EvalInput:
 class MetricResult:
     scores: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)  # name -> JSON-able rows/dict, or a matplotlib Figure
+    schema: Schema = field(default_factory=Schema)
+    samples: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # name -> (unit ids, (M,) / (M, R))
+    concepts: dict[str, list[float | None]] = field(default_factory=dict)  # column key -> one value per concept
+
+    def merge(self, other: "MetricResult") -> "MetricResult":
+        """Both results in one (the pipeline gathers a layer's metrics); a key produced twice is an error."""
+        for mine, theirs, what in ((self.scores, other.scores, "score"), (self.artifacts, other.artifacts, "artefact"),
+                                   (self.samples, other.samples, "per-sample array"),
+                                   (self.concepts, other.concepts, "per-concept column")):
+            clash = set(mine) & set(theirs)
+            if clash:
+                raise ValueError(f"two metrics write the same {what} {sorted(clash)}: rename one")
+        return MetricResult({**self.scores, **other.scores}, {**self.artifacts, **other.artifacts},
+                            self.schema.merge(other.schema), {**self.samples, **other.samples},
+                            {**self.concepts, **other.concepts})
 
 
-class Metric(Protocol):
-    name: str
-    needs: frozenset[str]
+class Metric:
+    """Base of every metric: `name`, the model-stage sources it requests, and the call.
 
-    def __call__(self, inp: EvalInput) -> MetricResult: ...
+    Subclass it, set `name`, implement `__call__`; override `requests` when the metric reads a
+    model-stage source (e.g. `frozenset({NOISE_TRAIN})`)."""
+
+    name: str = "metric"
+
+    def requests(self) -> frozenset:
+        """The typed model-stage sources this metric reads, filled before the tensor stages."""
+        return frozenset()
+
+    def plan(self, inp: EvalInput) -> tuple:
+        """Model stages this metric needs from the layer's tensors (e.g. interventions): typed requests,
+        each with `run(**context)` and `describe()`; their results reach `__call__` in `inp.sources`."""
+        return ()
+
+    def __call__(self, inp: EvalInput) -> MetricResult:
+        raise NotImplementedError

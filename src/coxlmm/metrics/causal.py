@@ -51,12 +51,11 @@ import torch
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction.interventions import SteerPlan, TargetPlan
-from coxlmm.metrics.base import EvalInput, MetricResult
+from coxlmm.metrics.base import EvalInput, Metric, MetricResult
 from coxlmm.metrics.stats import paired_scores
 
 log = logging.getLogger(__name__)
 
-INTERVENTIONS = "interventions"
 
 
 @dataclass
@@ -65,6 +64,27 @@ class CausalResults:
 
     target: dict[str, torch.Tensor]  # logp (M, V, W), kl (M, V)
     steer: dict[str, torch.Tensor] | None  # ids (M, D, T), lengths (M, D), fluency (M, D)
+
+
+@dataclass(eq=False)
+class CausalRequest:
+    """The model stages of one causal plan: the target-position edits and the steered captions."""
+
+    plan: "CausalPlan"
+    rows_per_forward: int = 32
+
+    def describe(self) -> str:
+        return (f"causal stages: {len(self.plan.rows)} samples x ({len(self.plan.target.variants)} edits, "
+                f"{len(self.plan.steer.directions) if self.plan.steer is not None else 0} steering directions)")
+
+    def run(self, model, parent, dataset, layer, root, settings, trainer) -> CausalResults:
+        from coxlmm.extraction.interventions import run_steer, run_target
+
+        target = run_target(model, parent, dataset, self.plan.target, layer, root, settings, trainer,
+                            self.rows_per_forward)
+        steer = run_steer(model, parent, dataset, self.plan.steer, layer, root, settings, trainer,
+                          self.rows_per_forward) if self.plan.steer is not None else None
+        return CausalResults(target, steer)
 
 
 @dataclass
@@ -134,7 +154,7 @@ def caption_words(text: str) -> set[str]:
 
 
 # --- the metric -----------------------------------------------------------------------------------------
-class Causal:
+class Causal(Metric):
     """Causal faithfulness, concept ablation and steering against matched controls (module doc).
 
     Args:
@@ -153,7 +173,6 @@ class Causal:
     """
 
     name = "causal"
-    needs = frozenset({INTERVENTIONS})
 
     def __init__(self, alphas=(0, 1, 2, 4, 8), n_samples: int = 32, n_random: int = 1, positions: str = "generated",
                  steer: str = "matched", percentile: float = 95.0, max_new_tokens: int = 32, n_top: int = 5,
@@ -175,8 +194,12 @@ class Causal:
         self.percentile, self.max_new_tokens, self.n_top = percentile, max_new_tokens, n_top
         self.rows_per_forward, self.n_show, self.seed = rows_per_forward, n_show, seed
 
+    def plan(self, inp: EvalInput) -> tuple:
+        built = self.build_plan(inp)
+        return () if built is None else (CausalRequest(built, self.rows_per_forward),)
+
     # --- the plan (tensors only) ---
-    def plan(self, inp: EvalInput) -> CausalPlan | None:
+    def build_plan(self, inp: EvalInput) -> CausalPlan | None:
         test = inp.test
         if test is None or not len(test):
             log.warning("causal skipped: no test features")
@@ -257,9 +280,10 @@ class Causal:
 
     # --- the scores (results only) ---
     def __call__(self, inp: EvalInput) -> MetricResult:
-        plan, res = (inp.interventions or (None, None))
-        if plan is None or res is None:
+        request = next(iter(inp.sources), None)
+        if request is None:
             return MetricResult()
+        plan, res = request.plan, inp.sources[request]
         seed = inp.seed if self.seed is None else self.seed
         lp, kl = res.target["logp"].double(), res.target["kl"].double()
         M = lp.shape[0]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from coxlmm.metrics.base import EvalInput, MetricResult
+from coxlmm.metrics.base import EvalInput, Metric, MetricResult
+from coxlmm.metrics.schema import Schema, Score
 
 
 def lens_hits(unembed, Z: torch.Tensor, target_ids: torch.Tensor, k: int = 10, chunk: int = 256
@@ -27,11 +28,10 @@ def lens_hits(unembed, Z: torch.Tensor, target_ids: torch.Tensor, k: int = 10, c
     return torch.cat(top1), torch.cat(topk)
 
 
-class LensReadability:
-    """lens_top1_t, lens_top10_t on the test samples (else the training samples)."""
+class LensReadability(Metric):
+    """lens_top1_t, lens_top<k>_t on the test samples (else the training samples)."""
 
     name = "lens"
-    needs = frozenset()
 
     def __init__(self, k: int = 10):
         self.k = k
@@ -42,4 +42,7 @@ class LensReadability:
             return MetricResult()
         ids = torch.tensor([r["token_ids"][0] for r in split.records])
         top1, topk = lens_hits(inp.services.lens.unembed, split.Z, ids, self.k)
-        return MetricResult({"lens_top1_t": float(top1.float().mean()), f"lens_top{self.k}_t": float(topk.float().mean())})
+        schema = Schema(scores=[Score("lens_top1_t", "Lens top-1 = t", curve=True),
+                                Score(f"lens_top{self.k}_t", f"Lens top-{self.k} ∋ t", curve=True)])
+        return MetricResult({"lens_top1_t": float(top1.float().mean()), f"lens_top{self.k}_t": float(topk.float().mean())},
+                            schema=schema)

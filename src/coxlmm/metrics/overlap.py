@@ -8,27 +8,41 @@ contributes 0, as in the reference code; with fewer than two concepts the overla
 
 from __future__ import annotations
 
-from coxlmm.metrics.base import EvalInput, MetricResult
+import numpy as np
+
+from coxlmm.metrics.base import EvalInput, Metric, MetricResult
+from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
+
+SCHEMA = Schema(
+    scores=[Score("overlap", "Overlap", ("overlap", "dictionary"), better=-1, summary=True, curve=True)],
+    samples=[Samples("overlap_per_concept", "Overlap, concept", unit="concept", better=-1)],
+    tables=[TableSpec("overlap", "Overlap of concept words (lower is more disentangled)", pivot=True, token_mean=True,
+                      order=30)])
+
+
+def overlap_per_concept(words: list[list[str]]) -> list[float]:
+    """Overlap(u_k) for every concept: 1/(K−1) Σ_{l≠k} |T_l ∩ T_k| / |T_k| (0 without words or K < 2)."""
+    T = [set(w) for w in words]
+    K = len(T)
+    if K < 2:
+        return [0.0] * K
+    return [sum(len(T[l] & Tk) for l in range(K) if l != k) / (len(Tk) * (K - 1)) if Tk else 0.0
+            for k, Tk in enumerate(T)]
 
 
 def overlap(words: list[list[str]]) -> float:
     """The paper's Overlap(U) of the word lists T_1..T_K."""
-    T = [set(w) for w in words]
-    K = len(T)
-    if K < 2:
-        return 0.0
-    per_concept = [
-        sum(len(T[l] & Tk) for l in range(K) if l != k) / (len(Tk) * (K - 1)) if Tk else 0.0
-        for k, Tk in enumerate(T)
-    ]
-    return sum(per_concept) / K
+    per = overlap_per_concept(words)
+    return sum(per) / len(per) if len(per) >= 2 else 0.0
 
 
-class Overlap:
-    """`overlap` of ctx.concepts.words."""
+class Overlap(Metric):
+    """`overlap` of the concepts' words; per concept as a unit-"concept" array (method comparisons)."""
 
     name = "overlap"
-    needs = frozenset()
 
     def __call__(self, inp: EvalInput) -> MetricResult:
-        return MetricResult({"overlap": float(overlap(inp.concepts.words))})
+        per = overlap_per_concept(inp.concepts.words)
+        ids = [str(k) for k in range(len(per))]
+        return MetricResult({"overlap": float(overlap(inp.concepts.words))}, schema=SCHEMA,
+                            samples={"overlap_per_concept": (ids, np.asarray(per, dtype=np.float64))})

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from coxlmm.metrics.base import EvalInput, MetricResult
+from coxlmm.metrics.base import EvalInput, Metric, MetricResult
+from coxlmm.metrics.schema import Schema, Score, TableSpec
+
+DICTIONARY_TABLE = TableSpec("dictionary", "The dictionaries: reconstruction, sparsity, stability", order=60)
+SCHEMA = Schema(
+    scores=[Score("recon_rel_error_train", "Recon. err. train", ("dictionary",), better=-1, curve=True),
+            Score("recon_rel_error_test", "Recon. err. test", ("dictionary",), better=-1, summary=True, curve=True),
+            Score("explained_variance", "Expl. var. train", ("dictionary",), better=1),
+            Score("explained_variance_test", "Expl. var. test", ("dictionary",), better=1)],
+    tables=[DICTIONARY_TABLE])
 
 
 def _sq(X: torch.Tensor) -> float:
@@ -33,11 +42,10 @@ def explained_variance(Z: torch.Tensor, Z_hat: torch.Tensor) -> float:
     return 1.0 - num / den if den > 0 else (1.0 if num == 0 else float("-inf"))
 
 
-class Reconstruction:
+class Reconstruction(Metric):
     """recon_rel_error_train/_test and explained_variance(_test)."""
 
     name = "recon"
-    needs = frozenset()
 
     def __call__(self, inp: EvalInput) -> MetricResult:
         tr = inp.train
@@ -47,4 +55,4 @@ class Reconstruction:
             Z_hat_test = inp.dictionary.decode(inp.test.V)
             out["recon_rel_error_test"] = relative_error(inp.test.Z, Z_hat_test)
             out["explained_variance_test"] = explained_variance(inp.test.Z, Z_hat_test)
-        return MetricResult(out)
+        return MetricResult(out, schema=SCHEMA)

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from coxlmm.metrics.base import EvalInput, MetricResult
+from coxlmm.metrics.base import EvalInput, Metric, MetricResult
+from coxlmm.metrics.reconstruction import DICTIONARY_TABLE
+from coxlmm.metrics.schema import Schema, Score
+
+SCHEMA = Schema(
+    scores=[Score("sparsity_l0", "L0 (train)", ("dictionary",)),
+            Score("sparsity_l0_test", "L0 (test)", ("dictionary", "table1"), summary=True, curve=True),
+            Score("dead_concepts", "Dead concepts", ("dictionary",), better=-1)],
+    tables=[DICTIONARY_TABLE])
 
 
 def sparsity_l0(V: torch.Tensor, atol: float = 0.0) -> float:
@@ -25,11 +33,10 @@ def dead_concepts(V: torch.Tensor, atol: float = 0.0) -> int:
     return int((~(V.abs() > atol).any(0)).sum())
 
 
-class Sparsity:
+class Sparsity(Metric):
     """sparsity_l0 (train, test) and dead_concepts."""
 
     name = "sparsity"
-    needs = frozenset()
 
     def __init__(self, atol: float = 0.0) -> None:
         self.atol = float(atol)
@@ -39,4 +46,4 @@ class Sparsity:
                "dead_concepts": float(dead_concepts(inp.train.V, self.atol))}
         if inp.test is not None and len(inp.test):
             out["sparsity_l0_test"] = sparsity_l0(inp.test.V, self.atol)
-        return MetricResult(out)
+        return MetricResult(out, schema=SCHEMA)

@@ -18,7 +18,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.metrics.base import EvalInput, MetricResult
+from coxlmm.metrics.base import EvalInput, Metric, MetricResult
+from coxlmm.metrics.reconstruction import DICTIONARY_TABLE
+from coxlmm.metrics.schema import ConceptColumn, Schema, Score
+
+SCHEMA = Schema(scores=[Score("stability", "Stability", ("dictionary",), better=1)],
+                concepts=[ConceptColumn("stability_cos", "stability |cos|", better=1, sortable=True)],
+                tables=[DICTIONARY_TABLE])
 
 
 def matches(U1: torch.Tensor, U2: torch.Tensor) -> list[tuple[int, int, float]]:
@@ -40,11 +46,10 @@ def matched_cosine(U1: torch.Tensor, U2: torch.Tensor) -> float:
     return sum(c for _, _, c in m) / len(m)
 
 
-class Stability:
+class Stability(Metric):
     """`stability`: mean matched |cos| between the dictionaries of seeds s and s + 1."""
 
     name = "stability"
-    needs = frozenset()
 
     def __init__(self, fraction: float = 1.0) -> None:
         if not 0 < fraction <= 1:
@@ -62,6 +67,10 @@ class Stability:
             Z = Z[torch.randperm(len(Z), generator=gen)[:n]]
         other = inp.services.refit(Z, inp.seed + 1)
         pairs = matches(inp.dictionary.U, other.U)
+        per_concept: list[float | None] = [None] * inp.dictionary.n_concepts
+        for k, _, c in pairs:
+            per_concept[k] = c
         return MetricResult({"stability": sum(c for _, _, c in pairs) / len(pairs)},
                             {"stability_matches": [{"concept": k, "matched": j, "matched_cos": round(c, 6)}
-                                                   for k, j, c in pairs]})
+                                                   for k, j, c in pairs]},
+                            schema=SCHEMA, concepts={"stability_cos": per_concept})

@@ -1,34 +1,39 @@
-"""Aggregate sweeps into the paper's tables and figures: `coxlmm-tables <sweep dir> [...]`.
+"""Aggregate sweeps into tables and figures: `coxlmm-tables <sweep dir> [...]`.
 
-A job dir is any folder under the sweep holding `.hydra/config.yaml` (Hydra's `<num>_<overrides>`
-subdirs, under any launcher); one with `metrics.json` gives one *row* per layer (a multi-layer job's
-`layer_<l>/<metric>` keys one row each), one without is listed as failed or unfinished. Rows form
-one pandas DataFrame (`runs.csv`); every table is a group-by / pivot of it:
+Nothing here knows a metric's keys: every table is rendered from the description the metrics wrote
+beside their numbers (`metrics_schema.json`, metrics/schema.py), so a new metric's scores appear
+with no edit here.
 
-    Table 1            per token, CS / BS of the test samples' top-1 concept: the nulls (Rnd-Words,
-                       Token-only, Rnd-Concept, Noise-Imgs), every method, GT-captions; and the
-                       methods' test L0. Mean over test samples, ± std across seeds (or, with one
-                       seed, ± std over test samples).
-    Paired differences each method's top-1 minus each null, per sample, averaged over seeds, with a
-                       bootstrap 95 % CI over test samples; * = the CI excludes 0
-                       (from each job's `test_scores.json`).
-    Overlap            tokens x methods (lower = more disentangled), and the mean over tokens.
-    Causal             per method: prediction recovered by the reconstruction, KL, ablation of the top-1
-                       concept against a random direction, steering success and fluency at each α,
-                       with the random-direction and DiffMean controls (when the sweep ran metrics=causal).
-    Recovery           per method: matched recovery overall and per factor of the target object,
-                       beside the same dictionary on the prefix-only control; corrected purity and
-                       grounding accuracy; the centred random dictionary and the supervised DiffMean
-                       reference as rows (mean ± std over tokens and seeds).
-    By layer / by K    when the sweep varies them (layer ablation with the lens readability of each
-                       layer; reconstruction against K).
+A job dir is any folder under the sweep holding `.hydra/config.yaml`; one with `metrics.json` gives
+one *row* per layer (a multi-layer job's `layer_<l>/<key>` keys one row each), one without is listed
+as failed or unfinished. Rows form one pandas DataFrame (`runs.csv`).
 
-Methods appear in the order the sweep lists them, under the display name they carry
-(`concepts.json`: extra.method_display, from the method's config). Written into the sweep dir:
-tables.md, tables.csv (every cell, long format: table,row,column,mean,std), runs.csv (every row,
-every metric), layer_ablation.png, recon_vs_k.png, grounding_scatter.png, and index.html (the concept
-browser's sweep page: one row per job, failed ones listed with their error, linking each job's
-report.html). A missing value shows as "–".
+**Grouping.** Jobs are grouped by every config value except the seed (and paths and loggers): jobs
+that differ in anything else (a swept `method.alpha`, the prompt, `data.n_train`) are never averaged.
+A group's label is its method plus the keys that set it apart from the sweep's other groups of that
+method, e.g. "Semi-NMF [method.alpha=0.5]". The seeds of a group are its replicates.
+
+**Tables** (in the metrics' declared order):
+
+    a table per TableSpec      the scores that name it, per (method, token[, row]); a `pivot` table
+                               (paper Table 1, overlap) puts the methods in columns and the nulls
+                               beside them (the nulls of one method's jobs, named in the note).
+                               Mean over a group's seeds ± std across seeds (with one seed, the
+                               score's own spread over test samples).
+    paired                     each per-sample score minus each of its nulls (samples.safetensors),
+                               with a hierarchical bootstrap 95 % CI over the seeds (refits), the
+                               test samples and the null's draws (metrics/stats.py); * = excludes 0.
+                               Every job of a group must hold the same sample ids (else an error).
+    comparisons                the sweep's declared family (`compare.reference` against each other
+                               method, on `compare.samples`): paired differences on the same test
+                               samples (fits resampled independently), bootstrap CI and p-value,
+                               Holm-corrected over the family.
+    by layer / by K            the scores marked `curve`, when the sweep varies the layer or K.
+
+Written into the sweep dir: tables.md, tables.csv (every cell, long format), runs.csv, figures
+(curves by layer / K, per-concept scores against their nulls) and index.html (the concept browser's
+sweep page). A missing value shows as "–". Bad input (a comparison naming a method the sweep lacks,
+jobs of one group with different test samples) is an error before anything is written.
 """
 
 from __future__ import annotations
@@ -46,12 +51,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from coxlmm.errors import CoxlmmError
+from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
+from coxlmm.metrics.stats import bootstrap_diff, holm
+
 DASH = "–"
-ID_KEYS = ("job", "method", "method_display", "token", "layer", "layer_name", "n_concepts", "seed", "model", "data")
-NULLS = (("rnd_words", "Rnd-Words"), ("token_only", "Token-only"), ("rnd_concept", "Rnd-Concept"),
-         ("noise_imgs", "Noise-Imgs"))
+ID_KEYS = ("job", "method", "method_display", "variant", "label", "token", "layer", "layer_name", "n_concepts", "seed",
+           "model", "data")
 _LAYER_KEY = re.compile(r"^layer_([^/]+)/(.+)$")
 _JOB_NUM = re.compile(r"^(\d+)_")
+NOT_A_SETTING = ("seed", "paths", "logger", "hydra")  # config roots that never split a group
 
 
 # --- reading a sweep (I/O) -------------------------------------------------------------------------------
@@ -69,9 +78,10 @@ class Job:
 @dataclass
 class Sweep:
     runs: pd.DataFrame  # one row per (job, layer)
-    points: pd.DataFrame  # per-concept grounding points, with job / method / token / layer
-    test_scores: dict[tuple[str, Any], dict[str, Any]]  # (job, layer) -> test_scores.json
-    scorers: list[dict[str, Any]] = field(default_factory=list)  # distinct scorer_fingerprint.json of the jobs
+    schema: Schema  # the jobs' descriptions, merged
+    samples: dict[tuple[str, Any], dict[str, tuple[list[str], np.ndarray]]]  # (job, layer) -> name -> (ids, scores)
+    points: pd.DataFrame  # per-concept scores, with job / method / token / layer
+    compare: dict[str, Any] = field(default_factory=dict)  # the jobs' `compare` config
     unfinished: list[str] = field(default_factory=list)  # job dirs with a config but no metrics.json
     jobs: list[Job] = field(default_factory=list)
 
@@ -80,10 +90,12 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     root = Path(sweep_dir)
     rows: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
-    scores: dict[tuple[str, Any], dict[str, Any]] = {}
-    scorers: list[dict[str, Any]] = []
+    samples: dict[tuple[str, Any], dict[str, tuple[list[str], np.ndarray]]] = {}
+    schema = Schema()
+    configs: dict[str, dict[str, Any]] = {}
     unfinished: list[str] = []
     jobs: list[Job] = []
+    compare: dict[str, Any] = {}
     for job_dir in job_dirs(root):
         name = str(job_dir.relative_to(root))
         jobs.append(job_status(root, job_dir))
@@ -91,35 +103,51 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
             unfinished.append(name)
             continue
         config = _load_yaml(job_dir / ".hydra" / "config.yaml")
+        configs[name] = config
+        compare = compare or {k: v for k, v in (config.get("compare") or {}).items()}
         choices = ((_load_yaml(job_dir / ".hydra" / "hydra.yaml").get("hydra") or {}).get("runtime") or {}).get(
             "choices") or {}
         metrics = json.loads((job_dir / "metrics.json").read_text())
         concepts = {p.parent: _load_json(p) for p in [job_dir / "concepts.json", *job_dir.glob("layer_*/concepts.json")]
                     if p.is_file()}
+        for path in [job_dir / "metrics_schema.json", *job_dir.glob("layer_*/metrics_schema.json")]:
+            if path.is_file():
+                schema = schema.merge(Schema.from_json(_load_json(path)))
         job = job_rows(name, config, choices, metrics, next(iter(concepts.values()), {}),
                        {str((c.get("extra") or {}).get("layer_name", c.get("layer"))): c.get("layer")
                         for c in concepts.values()})
         rows += job
         for sub, data in concepts.items():
             layer = data.get("layer")
-            for path, bucket in ((sub / "grounding_points.json", "points"), (sub / "test_scores.json", "scores"),
-                                 (sub / "scorer_fingerprint.json", "scorer")):
-                if not path.is_file():
-                    continue
-                content = json.loads(path.read_text())
-                if bucket == "scorer":
-                    if content not in scorers:
-                        scorers.append(content)
-                elif bucket == "scores":
-                    scores[(name, layer)] = content
-                else:
-                    ids = {k: job[0][k] for k in ("job", "method", "method_display", "token")}
-                    points += [{**ids, "layer": layer, **p} for p in content if isinstance(p, dict)]
+            if (sub / "samples.safetensors").is_file():
+                samples[(name, layer)] = read_samples(sub / "samples.safetensors")
+            ids = {k: job[0][k] for k in ("job", "method", "method_display", "token")}
+            points += [{**ids, "layer": layer, "concept": c["id"], **c["scores"]}
+                       for c in data.get("concepts", []) if c.get("scores")]
     runs = pd.DataFrame(rows)
     for key in ID_KEYS:
         if key not in runs:
             runs[key] = None
-    return Sweep(runs, pd.DataFrame(points), scores, scorers, unfinished, jobs)
+    if not runs.empty:
+        variants = group_variants(configs)
+        runs["variant"] = runs["job"].map(variants).fillna("")
+        runs["label"] = [d + (f" [{v}]" if v else "") for d, v in zip(runs["method_display"], runs["variant"])]
+    points = pd.DataFrame(points)
+    if not points.empty and not runs.empty:
+        points = points.merge(runs[["job", "label"]].drop_duplicates(), on="job", how="left")
+    return Sweep(runs, schema, samples, points, compare, unfinished, jobs)
+
+
+def read_samples(path: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """samples.safetensors -> {name: (unit ids, (M,) or (M, R) scores)}."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        for name in f.keys():
+            out[name] = (json.loads(meta.get(f"ids:{name}", "[]")), f.get_tensor(name))
+    return out
 
 
 def job_status(root: Path, job_dir: Path) -> Job:
@@ -223,6 +251,46 @@ def _int(x: Any) -> int | None:
         return None
 
 
+# --- grouping (pure) -----------------------------------------------------------------------------------
+def flatten(config: Any, prefix: str = "") -> dict[str, str]:
+    """A config as {dotted key: canonical JSON of the value} (lists are values)."""
+    if isinstance(config, dict):
+        out = {}
+        for k, v in config.items():
+            out |= flatten(v, f"{prefix}{k}.")
+        return out
+    return {prefix[:-1]: json.dumps(config, sort_keys=True, default=str)}
+
+
+AXES = ("token", "layers", "method.n_concepts")  # rows and columns of the tables, not variants
+
+
+def group_variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """job -> the settings that set its group apart from the other groups of its method ("" for none).
+
+    Every config value counts except the seed, paths, loggers and the table axes (token, layers, K); a
+    method's own keys count only where they vary between jobs of that method (`method=pca` changes
+    every method.* key, which the method's name already says)."""
+    flat = {job: {k: v for k, v in flatten(c).items() if k.split(".", 1)[0] not in NOT_A_SETTING and k not in AXES}
+            for job, c in configs.items()}
+    method_of = {job: f.get("method.name", f.get("method._target_", "")) for job, f in flat.items()}
+    keys = sorted({k for f in flat.values() for k in f})
+    varying: dict[str, set[str] | None] = {}  # key -> the methods within which it varies (None: across the sweep)
+    for k in keys:
+        if k.startswith("method."):
+            by_method: dict[str, set[str]] = {}
+            for job, f in flat.items():
+                by_method.setdefault(method_of[job], set()).add(f.get(k, "∅"))
+            within = {m for m, values in by_method.items() if len(values) > 1}
+            if within:
+                varying[k] = within
+        elif len({f.get(k, "∅") for f in flat.values()}) > 1:
+            varying[k] = None
+    return {job: ", ".join(f"{k}={json.loads(f[k]) if k in f else '∅'}" for k, within in varying.items()
+                           if within is None or method_of[job] in within)
+            for job, f in flat.items()}
+
+
 # --- cells (pure) ------------------------------------------------------------------------------------------
 def fmt(mean: Any, std: Any = None, digits: int = 3, mark: str = "") -> str:
     """'0.817 ± 0.012', '0.817', or '–'."""
@@ -239,17 +307,20 @@ class Table:
     name: str  # key in tables.csv
     title: str
     frame: pd.DataFrame  # formatted cells (strings), index = row labels
-    values: pd.DataFrame  # long format: row, column, mean, std
+    values: pd.DataFrame  # long format: row, column, mean, std (lo, hi, p where a test made them)
     note: str = ""
 
 
+GROUP = ["token", "method", "variant"]
+
+
 def representative(runs: pd.DataFrame) -> pd.DataFrame:
-    """The rows the paper tables show: per (token, method), the highest layer, then K = 20 (the paper's) or
-    the largest K; every seed of those."""
+    """The rows the paper tables show: per group, the highest layer, then K = 20 (the paper's) or the
+    largest K; every seed of those."""
     if runs.empty:
         return runs
     out = []
-    for _, g in runs.groupby(["token", "method"], sort=False, dropna=False):
+    for _, g in runs.groupby(GROUP, sort=False, dropna=False):
         layer = g["layer"].max() if g["layer"].notna().any() else None
         g = g[g["layer"] == layer] if layer is not None else g
         ks = set(g["n_concepts"].dropna())
@@ -258,282 +329,259 @@ def representative(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out)
 
 
-def across_seeds(rows: pd.DataFrame, key: str) -> tuple[float | None, float | None, int]:
-    """(mean, std, n seeds) of a job-level metric over the rows (seeds); with one seed the std is that
-    job's own `<key minus _mean>_std` (over test samples) when it has one."""
+def across_seeds(rows: pd.DataFrame, score: Score) -> tuple[float | None, float | None]:
+    """(mean, std) of a score over a group's seeds; with one seed, the std is the score's own spread
+    over samples (its `spread` key) when it has one."""
+    key = score.key
     if key not in rows or rows[key].isna().all():
-        return None, None, 0
+        return None, None
     v = rows[key].dropna().astype(float)
     if len(v) > 1:
-        return float(v.mean()), float(v.std(ddof=0)), len(v)
-    std_key = key[: -len("_mean")] + "_std" if key.endswith("_mean") else None
-    std = rows[std_key].dropna().astype(float) if std_key and std_key in rows else pd.Series(dtype=float)
-    return float(v.iloc[0]), float(std.iloc[0]) if len(std) else None, 1
+        return float(v.mean()), float(v.std(ddof=0))
+    std = rows[score.spread].dropna().astype(float) if score.spread and score.spread in rows else pd.Series(dtype=float)
+    return float(v.iloc[0]), float(std.iloc[0]) if len(std) else None
 
 
 def _ordered(values: Sequence[Any]) -> list[Any]:
     return list(dict.fromkeys(v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))))
 
 
-def _build(name: str, title: str, cells: list[tuple[tuple[str, ...], str, float | None, float | None, str]],
-           index_names: list[str], note: str = "") -> Table:
-    """A Table from (row labels, column, mean, std, mark) cells, columns in first-seen order."""
-    values = pd.DataFrame([{"row": " / ".join(r), "column": c, "mean": m, "std": s} for r, c, m, s, _ in cells])
+Cell = tuple  # (row labels, column, mean, std, mark[, extra columns for tables.csv])
+
+
+def _build(name: str, title: str, cells: list[Cell], index_names: list[str], note: str = "", digits: dict | None = None,
+           columns: list[str] | None = None) -> Table:
+    """A Table from cells (row labels, column, mean, std, mark[, {lo, hi, p}]), columns in first-seen order."""
+    digits = digits or {}
+    values = pd.DataFrame([{"row": " / ".join(map(str, c[0])), "column": c[1], "mean": c[2], "std": c[3],
+                            **(c[5] if len(c) > 5 else {})} for c in cells])
     if not cells:
-        frame = pd.DataFrame()
-    else:
-        long = pd.DataFrame([{**dict(zip(index_names, r)), "column": c, "cell": fmt(m, s, mark=k)}
-                             for r, c, m, s, k in cells])
-        frame = long.pivot(index=index_names, columns="column", values="cell")
-        frame = frame.reindex(index=pd.MultiIndex.from_tuples(_ordered([r for r, *_ in cells]), names=index_names)
-                              if len(index_names) > 1 else _ordered([r[0] for r, *_ in cells]),
-                              columns=_ordered([c for _, c, *_ in cells])).fillna(DASH)
-        if len(index_names) == 1:
-            frame.index.name = index_names[0]
+        return Table(name, title, pd.DataFrame(), values, note)
+    long = pd.DataFrame([{**dict(zip(index_names, c[0])), "column": c[1],
+                          "cell": c[4] if isinstance(c[4], str) and c[2] is None and c[4] else
+                          fmt(c[2], c[3], digits.get(c[1], 3), c[4])} for c in cells])
+    frame = long.pivot(index=index_names, columns="column", values="cell")
+    frame = frame.reindex(index=pd.MultiIndex.from_tuples(_ordered([tuple(c[0]) for c in cells]), names=index_names)
+                          if len(index_names) > 1 else _ordered([c[0][0] for c in cells]),
+                          columns=columns or _ordered([c[1] for c in cells])).fillna(DASH)
+    if len(index_names) == 1:
+        frame.index.name = index_names[0]
     return Table(name, title, frame, values, note)
 
 
 # --- tables (pure) --------------------------------------------------------------------------------------------
-def scorer_note(scorers: Sequence[dict[str, Any]]) -> str:
-    """Which models and scales CS and BS are on (from the jobs' scorer_fingerprint.json)."""
-    parts = []
-    for fp in scorers:
-        clip, bert = fp.get("clip") or {}, fp.get("bert") or {}
-        if clip:
-            parts.append(f"CS: {clip.get('scorer') or clip.get('model', '?')} (2.5 · max(cos, 0))")
-        if bert:
-            parts.append(f"BS: {bert.get('scale', 'raw F1')} of {bert.get('model', '?')} layer {bert.get('layer', '?')}")
-    return ("Scorers: " + "; ".join(dict.fromkeys(parts)) + ".") if parts else ""
+def reference_method(runs: pd.DataFrame, compare: dict[str, Any]) -> str | None:
+    """The method whose jobs give a pivoted table's nulls: compare.reference, else Semi-NMF, else the first."""
+    methods = _ordered(runs["method"]) if not runs.empty else []
+    for m in (compare.get("reference"), "semi_nmf"):
+        if m in methods:
+            return m
+    return methods[0] if methods else None
 
 
-def table1(runs: pd.DataFrame, scorers: Sequence[dict[str, Any]] = ()) -> Table:
-    """Paper Table 1 with the nulls, GT-captions and the methods' test L0 (module doc)."""
+def pivot_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, compare: dict[str, Any]) -> Table:
+    """Methods as columns, (token, row) as rows; the nulls' columns from the reference method's jobs."""
     rows = representative(runs)
-    cells = []
-    methods = _ordered(rows["method"]) if not rows.empty else []
-    display = dict(zip(rows["method"], rows["method_display"])) if not rows.empty else {}
+    ref = reference_method(rows, compare)
+    cells: list[Cell] = []
+    digits = {}
+    # Rows that have nulls beside them first (CS, BS), then the others (L0); columns: the nulls, the
+    # methods in sweep order, then the references shown after them (GT-captions).
+    row_labels = _ordered([s.row or s.label for s in scores])
+    row_labels.sort(key=lambda r: not any(s.of for s in scores if (s.row or s.label) == r))
+    groups = list(rows.groupby(GROUP, sort=False, dropna=False)) if not rows.empty else []
+    order = _ordered([s.of for s in scores if s.of and not s.last]) + _ordered([g["label"].iloc[0] for _, g in groups]) \
+        + _ordered([s.of for s in scores if s.of and s.last])
+    per_token: dict[tuple[str, str], list[float]] = {}
     for token in _ordered(rows["token"]) if not rows.empty else []:
-        of_token = rows[rows["token"] == token]
-        # The nulls do not depend on the method's words except through |T_k| (Rnd-Words) and the method
-        # (Rnd-Concept, Noise-Imgs): each is shown from the Semi-NMF jobs when there are some.
-        ref = of_token[of_token["method"] == "semi_nmf"] if (of_token["method"] == "semi_nmf").any() else of_token
-        for label, m in (("CS", "cs"), ("BS", "bs")):
-            r = (token, label)
-            for null, title in NULLS:
-                mean, std, _ = across_seeds(ref, f"{null}_{m}_top1_mean")
-                cells.append((r, title, mean, std, ""))
-            for method in methods:
-                mean, std, _ = across_seeds(of_token[of_token["method"] == method], f"{m}_top1_mean")
-                cells.append((r, display.get(method, method), mean, std, ""))
-            mean, std, _ = across_seeds(ref, f"gt_captions_{m}_mean")
-            cells.append((r, "GT-captions", mean, std, ""))
-        for method in methods:
-            mean, std, _ = across_seeds(of_token[of_token["method"] == method], "sparsity_l0_test")
-            cells.append(((token, "L0 (test)"), display.get(method, method), mean, std, ""))
-    n_seeds = int(rows.groupby(["token", "method"])["seed"].nunique().max()) if not rows.empty else 0
-    spread = "std across seeds" if n_seeds > 1 else "std over test samples"
-    note = (f"Mean over test samples, ± {spread} ({n_seeds} seed(s)). Nulls from the Semi-NMF jobs of each token. "
-            "L0 (test): mean non-zero codes per test sample (PCA, k-means and Simple have dense codes). "
-            + scorer_note(scorers))
-    return _build("table1", "Table 1: test samples, top-1 concept, against the nulls", cells, ["token", "metric"], note)
+        of_token = [(key, g) for key, g in groups if key[0] == token]
+        ref_rows = next((g for key, g in of_token if key[1] == ref), None)
+        for label in row_labels:
+            here = [s for s in scores if (s.row or s.label) == label]
+            columns: list[tuple[str, pd.DataFrame | None, Score]] = [(s.of, ref_rows, s) for s in here if s.of]
+            columns += [(g["label"].iloc[0], g, s) for _, g in of_token for s in here if not s.of]
+            for column, g, s in columns:
+                mean, std = across_seeds(g, s) if g is not None else (None, None)
+                cells.append(((token, label), column, mean, std, ""))
+                digits[column] = s.digits
+                if mean is not None:
+                    per_token.setdefault((label, column), []).append(mean)
+    if spec.token_mean and len(_ordered(rows["token"]) if not rows.empty else []) > 1:
+        for (label, column), vals in per_token.items():
+            cells.append((("mean over tokens", label), column, float(np.mean(vals)), float(np.std(vals)), ""))
+    display = rows.loc[rows["method"] == ref, "label"].iloc[0] if ref is not None and not rows.empty else ""
+    note = spec.note + (f" Nulls from the {display} jobs." if any(s.of for s in scores) and display else "")
+    return _build(spec.name, spec.title, cells, ["token", "metric"], note.strip(), digits, columns=order)
 
 
-def paired_table(runs: pd.DataFrame, test_scores: dict[tuple[str, Any], dict[str, Any]], seed: int = 0) -> Table:
-    """Each method's top-1 minus each null, per test sample, averaged over seeds; bootstrap 95 % CI."""
-    from coxlmm.metrics.stats import paired_ci
-
-    rows = representative(runs)
-    cells = []
-    for (token, method), g in rows.groupby(["token", "method"], sort=False):
-        jobs = [test_scores.get((j, l)) for j, l in zip(g["job"], g["layer"])]
-        jobs = [s for s in jobs if s]
-        if not jobs:
-            continue
-        display = g["method_display"].iloc[0]
-        for m, label in (("cs", "CS"), ("bs", "BS")):
-            for null, title in NULLS:
-                diffs = [np.asarray(s["scores"][f"top1_{m}"]) - np.asarray(s["scores"][f"{null}_{m}"])
-                         for s in jobs if f"{null}_{m}" in s["scores"] and f"top1_{m}" in s["scores"]]
-                if not diffs or len({len(d) for d in diffs}) > 1:
-                    continue
-                d = np.mean(diffs, axis=0)
-                mean, lo, hi = paired_ci(d, np.zeros_like(d), seed=seed)
-                mark = "*" if np.isfinite(lo) and (lo > 0 or hi < 0) else ""
-                cells.append(((token, label, display), title, mean, None, f" [{lo:+.3f}, {hi:+.3f}]{mark}"))
-    return _build("paired", "Paired differences: method top-1 minus null (per test sample, mean over seeds)", cells,
-                  ["token", "metric", "method"],
-                  "Bootstrap 95 % CI of the mean difference over test samples (10,000 resamples); "
-                  "* = the CI excludes 0.")
-
-
-def overlap_table(runs: pd.DataFrame) -> Table:
-    rows = representative(runs)
-    cells = []
-    display = dict(zip(rows["method"], rows["method_display"])) if not rows.empty else {}
-    tokens = _ordered(rows["token"]) if not rows.empty else []
-    for token in tokens:
-        for method in _ordered(rows["method"]):
-            g = rows[(rows["token"] == token) & (rows["method"] == method)]
-            mean, std, _ = across_seeds(g, "overlap")
-            cells.append(((token,), display.get(method, method), mean, std if len(g) > 1 else None, ""))
-    if len(tokens) > 1:
-        for method in _ordered(rows["method"]):
-            per_token = rows[rows["method"] == method].groupby("token")["overlap"].mean()
-            cells.append((("mean",), display.get(method, method), float(per_token.mean()),
-                          float(per_token.std(ddof=0)), ""))
-    return _build("overlap", "Overlap of concept words (lower is more disentangled)", cells, ["token"])
-
-
-GROUNDING_COLUMNS = (("CS words", "grounding_cs_mean"), ("CS random", "grounding_cs_random_mean"),
-                     ("CS win rate", "grounding_cs_win_rate"), ("BS words", "grounding_bs_mean"),
-                     ("BS random", "grounding_bs_random_mean"), ("BS win rate", "grounding_bs_win_rate"))
-
-
-def grounding_table(runs: pd.DataFrame) -> Table:
-    """Paper Fig. 3 as numbers: per (method, token), the mean score of each concept's words against its
-    own top images, against length-matched random words, and the share of concepts whose words win."""
-    t = by_table(representative(runs), None, "grounding", "Grounding: a concept's words against its top images, "
-                 "versus length-matched random words (mean over concepts; ± std across seeds)", GROUNDING_COLUMNS)
-    return Table(t.name, t.title, t.frame, t.values,
-                 "win rate: share of a dictionary's concepts whose words score above their random words.")
-
-
-SPLITS = ("text_known", "image_only")  # recovery_matched/<factor>/<split>: the split table's, not this one's
-
-
-def _factors(rows: pd.DataFrame) -> list[str]:
-    names = [c.split("/", 1)[1] for c in rows.columns if c.startswith("recovery_matched/")]
-    return _ordered([n for n in names if "/" not in n and n not in SPLITS])
-
-
-def recovery_table(runs: pd.DataFrame) -> Table:
-    """Matched recovery (overall, per factor) beside the prefix-only control; purity, grounding accuracy;
-    random and DiffMean rows."""
-    rows = representative(runs)
-    cells = []
-    if rows.empty or "recovery_matched" not in rows:
-        return _build("recovery", "Ground-truth recovery", cells, ["method"])
-    factors = _factors(rows)
-    columns = [("Matched", "recovery_matched"), ("Prefix-only", "recovery_matched_prefix_only")]
-    for f in factors:
-        columns += [(f"{f}", f"recovery_matched/{f}"), (f"{f} prefix-only", f"recovery_matched_prefix_only/{f}")]
-    columns += [("Purity (corr.)", "purity_corrected"), ("Grounding acc.", "grounding_accuracy")]
-    for method in _ordered(rows["method"]):
-        g = rows[rows["method"] == method]
-        for label, key in columns:
-            v = g[key].dropna().astype(float) if key in g else pd.Series(dtype=float)
-            cells.append(((g["method_display"].iloc[0],), label, float(v.mean()) if len(v) else None,
-                          float(v.std(ddof=0)) if len(v) > 1 else None, ""))
-    for tag, title in (("random", "Random dict. (centred)"), ("diffmean", "DiffMean (supervised)")):
-        for label, key in columns:
-            if "prefix" in key:
-                continue
-            k = key.replace("recovery_matched", f"recovery_matched_{tag}") if key.startswith("recovery_matched") \
-                else f"{key}_{tag}"
-            v = rows[k].dropna().astype(float) if k in rows else pd.Series(dtype=float)
-            cells.append(((title,), label, float(v.mean()) if len(v) else None,
-                          float(v.std(ddof=0)) if len(v) > 1 else None, ""))
-    return _build("recovery", "Ground-truth recovery of the target object's factors (AUROC, chance = 0.5; "
-                  "mean ± std over tokens and seeds)", cells, ["method"],
-                  "Matched: one concept per factor value (Hungarian). Prefix-only: the same dictionary on the "
-                  "position-matched noise source (noise image, the sample's own caption prefix): what the text "
-                  "before t already carries. Purity (corr.): activation share on the best value, corrected for its "
-                  "base rate (0 = chance). Random dict.: centred random directions. DiffMean uses the labels.")
-
-
-def causal_table(runs: pd.DataFrame) -> Table:
-    """Per method: prediction recovered (with its CI), KL, ablation Δ log p(t) against random, steering success
-    and fluency at each α against the random and DiffMean controls (mean over tokens and seeds)."""
-    rows = representative(runs)
-    cells = []
-    if rows.empty or "kl_recon" not in rows:
-        return _build("causal", "Causal faithfulness and steering", cells, ["method"])
-    alphas = sorted({float(c.split("alpha_")[1]) for c in rows.columns if c.startswith("steer_success/alpha_")})
-    columns = [("Pred. recovered", "prediction_recovered"), ("Δlog p(t) recon", "dlogp_t_recon"),
-               ("KL recon", "kl_recon"), ("KL mean-abl.", "kl_mean"),
-               ("Δlog p(t) top-1 abl.", "top1_ablation_dlogp_t"), ("Δlog p(t) random", "top1_ablation_dlogp_t_random")]
-    columns += [(f"success α={a:g}", f"steer_success/alpha_{a:g}") for a in alphas]
-    columns += [("fluency unsteered", "steer_fluency_unsteered")]
-    columns += [(f"fluency α={a:g}", f"steer_fluency/alpha_{a:g}") for a in alphas]
-    for method in _ordered(rows["method"]):
-        g = rows[rows["method"] == method]
-        label = g["method_display"].iloc[0]
-        for title, key in columns:
-            v = g[key].dropna().astype(float) if key in g else pd.Series(dtype=float)
-            mark = ""
-            if key in ("prediction_recovered", "dlogp_t_recon") and f"{key}_ci_lo" in g and len(g) == 1:
-                lo, hi = g[f"{key}_ci_lo"].iloc[0], g[f"{key}_ci_hi"].iloc[0]
-                mark = f" [{lo:.3g}, {hi:.3g}]" if _finite(lo) else ""
-            cells.append(((label,), title, float(v.mean()) if len(v) else None,
-                          float(v.std(ddof=0)) if len(v) > 1 else None, mark))
-    for tag, title in (("random", "Random direction (same norm)"), ("diffmean", "DiffMean (supervised)")):
-        for a in alphas:
-            for name, col in (("success", f"success α={a:g}"), ("fluency", f"fluency α={a:g}")):
-                key = f"steer_{name}_{tag}/alpha_{a:g}"
-                v = rows[key].dropna().astype(float) if key in rows else pd.Series(dtype=float)
-                if len(v):
-                    cells.append(((title,), col, float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else None, ""))
-    return _build("causal", "Causal faithfulness at the target position and steering with the concepts", cells,
-                  ["method"], "Pred. recovered: (E log p_recon(t) − E log p_mean(t)) / (E log p_clean(t) − E log "
-                  "p_mean(t)), [bootstrap 95 % CI] with one job; – where the mean ablation does not lower log p(t) "
-                  "(the ratio is then undefined). Δlog p(t) recon: E[log p_recon(t) − log p_clean(t)]. Δlog p(t): ablating each test sample's top-1 concept vs "
-                  "a random direction of the same norm. Success: share of test samples whose target lacks the matched "
-                  "value and whose steered caption names it. The control rows steer the same values at the same norm.")
-
-
-def split_recovery_table(runs: pd.DataFrame) -> Table:
-    """Per method and factor: matched recovery on the samples whose caption prefix already named the
-    target's value (text-known) and on the others (image-only), beside the prefix-only control and the
-    random dictionary."""
-    rows = representative(runs)
-    cells = []
-    factors = _ordered([c.split("/")[1] for c in rows.columns if c.startswith("recovery_matched/")
-                        and c.count("/") == 2 and c.endswith(("/text_known", "/image_only"))])
-    columns = [("text-known", "recovery_matched/{f}/text_known"), ("image-only", "recovery_matched/{f}/image_only"),
-               ("prefix-only, text-known", "recovery_matched_prefix_only/{f}/text_known"),
-               ("prefix-only, image-only", "recovery_matched_prefix_only/{f}/image_only"),
-               ("random, image-only", "recovery_matched_random/{f}/image_only"),
-               ("n text-known", "recovery_n_samples/{f}/text_known"), ("n image-only", "recovery_n_samples/{f}/image_only")]
-    for method in _ordered(rows["method"]) if factors else []:
-        g = rows[rows["method"] == method]
-        for f in factors:
-            for title, key in columns:
-                k = key.format(f=f)
-                v = g[k].dropna().astype(float) if k in g else pd.Series(dtype=float)
-                cells.append(((g["method_display"].iloc[0], f), title, float(v.mean()) if len(v) else None,
-                              float(v.std(ddof=0)) if len(v) > 1 else None, ""))
-    return _build("recovery_split", "Recovery by where the information came from (matched AUROC of the target's "
-                  "factor values)", cells, ["method", "factor"],
-                  "text-known: samples whose generated caption named the target's value of the factor before t "
-                  "(the state that predicts t has read it); image-only: the others. Does the dictionary recover "
-                  "factors that only the image carries? Compare image-only with prefix-only, image-only.")
-
-
-LAYER_COLUMNS = (("Grounding CS", "grounding_cs_mean"), ("Rnd-Words CS", "grounding_cs_random_mean"),
-                 ("Grounding BS", "grounding_bs_mean"), ("Rnd-Words BS", "grounding_bs_random_mean"),
-                 ("Lens top-1 = t", "lens_top1_t"), ("Lens top-10 ∋ t", "lens_top10_t"),
-                 ("Matched", "recovery_matched"), ("Prefix-only", "recovery_matched_prefix_only"),
-                 ("Random dict.", "recovery_matched_random"), ("Grounding acc.", "grounding_accuracy"),
-                 ("Overlap", "overlap"), ("Recon. err.", "recon_rel_error_test"),
-                 ("Pred. recovered", "prediction_recovered"))
-K_COLUMNS = (("Recon. err. train", "recon_rel_error_train"), ("Recon. err. test", "recon_rel_error_test"),
-             ("Overlap", "overlap"), ("L0 (test)", "sparsity_l0_test"), ("Matched", "recovery_matched"),
-             ("Random dict.", "recovery_matched_random"))
-
-
-def by_table(runs: pd.DataFrame, x: str | None, name: str, title: str, columns: Sequence[tuple[str, str]]) -> Table:
-    """One row per (method, token[, value of x]): each column's mean (± std across seeds)."""
-    keys = ["method", "token"] + ([x] if x else [])
-    cells = []
-    for group, g in runs.groupby(keys, sort=False, dropna=True) if not runs.empty else ():
-        row = (g["method_display"].iloc[0], str(group[1]))
+def rows_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, x: str | None = None) -> Table:
+    """One row per (method, token[, x][, row]); a column per score label."""
+    rows = runs if x else representative(runs)
+    keys = GROUP + ([x] if x else [])
+    cells: list[Cell] = []
+    digits = {}
+    row_labels = _ordered([s.row or "all" for s in scores])
+    with_rows = row_labels != ["all"]
+    for _, g in rows.groupby(keys, sort=False, dropna=True) if not rows.empty else ():
+        head = (g["label"].iloc[0], str(g["token"].iloc[0]))
         if x:
-            row += (g["layer_name"].iloc[0] if x == "layer" and "layer_name" in g else str(group[2]),)
-        for col, key in columns:
-            if key in g and g[key].notna().any():
-                v = g[key].dropna().astype(float)
-                cells.append((row, col, float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else None, ""))
-    return _build(name, title, cells, ["method", "token"] + ([x if x != "n_concepts" else "K"] if x else []))
+            head += (g["layer_name"].iloc[0] if x == "layer" else str(g[x].iloc[0]),)
+        for label in row_labels:
+            for s in (s for s in scores if (s.row or "all") == label):
+                mean, std = across_seeds(g, s)
+                if mean is not None:
+                    cells.append((head + ((label,) if with_rows else ()), s.label, mean, std, ""))
+                    digits[s.label] = s.digits
+    index = ["method", "token"] + ([{"n_concepts": "K"}.get(x, x)] if x else []) + (["row"] if with_rows else [])
+    return _build(spec.name, spec.title, cells, index, spec.note, digits)
+
+
+def sample_arrays(sweep: Sweep, g: pd.DataFrame, name: str) -> list[tuple[str, list[str], np.ndarray]]:
+    """(job, ids, scores) of array `name` for each job (seed) of a group that has it."""
+    out = []
+    for job, layer in zip(g["job"], g["layer"]):
+        have = sweep.samples.get((job, layer), {})
+        if name in have:
+            out.append((job, *have[name]))
+    return out
+
+
+def stack(found: list[tuple[str, list[str], np.ndarray]], unit: str, what: str) -> tuple[Any, list[str]]:
+    """The seeds' arrays as (S, M[, R]) for test-sample units (their ids must agree: refused otherwise),
+    or a list of per-fit arrays for concept units (ragged)."""
+    if unit != "sample":
+        return [a[:, None] if a.ndim == 1 else a for _, _, a in found], []
+    ids = found[0][1]
+    for job, other, _ in found[1:]:
+        if other != ids:
+            diff = next((i for i, (a, b) in enumerate(zip(ids, other)) if a != b), min(len(ids), len(other)))
+            raise CoxlmmError(
+                f"{what}: jobs {found[0][0]!r} and {job!r} scored different test samples ({len(ids)} vs {len(other)} "
+                f"ids; first difference at row {diff}); their per-sample scores cannot be paired or averaged. "
+                "Jobs of one group must share the data settings (data.*, extraction.*, the token): rerun them, or "
+                "pass their sweeps to coxlmm-tables separately.")
+    arrays = [a[:, None] if a.ndim == 1 else a for _, _, a in found]  # (M, R) per seed
+    if len({a.shape for a in arrays}) > 1:
+        return arrays, ids
+    return np.stack(arrays), ids  # (S, M, R)
+
+
+def paired_table(sweep: Sweep, seed: int = 0) -> Table:
+    """Each per-sample score against each of its nulls, per group: hierarchical bootstrap over seeds,
+    units and the null's draws."""
+    rows = representative(sweep.runs)
+    cells: list[Cell] = []
+    described = {s.name: s for s in sweep.schema.samples}
+    for s in (s for s in sweep.schema.samples if s.nulls and not s.of):
+        for _, g in rows.groupby(GROUP, sort=False, dropna=False) if not rows.empty else ():
+            found = sample_arrays(sweep, g, s.name)
+            if not found:
+                continue
+            label, token = g["label"].iloc[0], str(g["token"].iloc[0])
+            A, _ = stack(found, s.unit, f"paired {s.name} of {label}, token {token}")
+            for null in s.nulls:
+                nf = sample_arrays(sweep, g, null)
+                if len(nf) != len(found):
+                    continue
+                B, _ = stack(nf, s.unit, f"paired {null} of {label}, token {token}")
+                d = bootstrap_diff(A, B, paired_units=True, paired_fits=True, seed=seed)
+                title = described[null].of if null in described else null
+                mark = f" [{d.lo:+.3f}, {d.hi:+.3f}]{'*' if d.significant else ''}"
+                cells.append(((token, s.label, label), title, d.mean, None, mark,
+                              {"lo": d.lo, "hi": d.hi, "p": d.p}))
+    return _build("paired", "Paired differences: score minus its null (per unit; CI over seeds, units and null draws)",
+                  cells, ["token", "metric", "method"],
+                  "Hierarchical bootstrap 95 % CI of the mean difference (10,000 resamples): the seeds (refits), the "
+                  "units (test samples; concepts for concept scores) and each unit's null draws resampled; "
+                  "* = the CI excludes 0. Not corrected for multiplicity: see the comparisons table for the "
+                  "declared family.")
+
+
+def comparisons_table(sweep: Sweep, seed: int = 0) -> Table | None:
+    """The sweep's declared family: the reference method minus each other method, per token and per
+    compared array; bootstrap CI, p-value and Holm-adjusted p over the family."""
+    compare = sweep.compare or {}
+    ref = compare.get("reference")
+    if not ref or sweep.runs.empty:
+        return None
+    rows = representative(sweep.runs)
+    methods = _ordered(rows["method"])
+    against = list(compare.get("against") or [m for m in methods if m != ref])
+    missing = [m for m in [ref, *against] if m not in methods]
+    if missing:
+        raise CoxlmmError(f"compare: {', '.join(map(repr, missing))} not in this sweep (methods: {', '.join(methods)}); "
+                          "set compare.reference / compare.against to methods the sweep ran.")
+    described = {s.name: s for s in sweep.schema.samples}
+    unknown = [n for n in compare.get("samples") or [] if n not in described]
+    if unknown:
+        raise CoxlmmError(f"compare.samples: {', '.join(map(repr, unknown))} are not per-unit scores of this sweep "
+                          f"(it has: {', '.join(described) or 'none'}).")
+    family: list[tuple[tuple, str, Any]] = []
+    for token in _ordered(rows["token"]):
+        of_token = rows[rows["token"] == token]
+        for name in compare.get("samples") or []:
+            s = described[name]
+            for ref_key, ref_rows in of_token[of_token["method"] == ref].groupby(GROUP, sort=False, dropna=False):
+                found = sample_arrays(sweep, ref_rows, name)
+                if not found:
+                    continue
+                A, ids = stack(found, s.unit, f"compare {name} of {ref}, token {token}")
+                for other in against:
+                    for _, og in of_token[of_token["method"] == other].groupby(GROUP, sort=False, dropna=False):
+                        of = sample_arrays(sweep, og, name)
+                        if not of:
+                            continue
+                        B, other_ids = stack(of, s.unit, f"compare {name} of {other}, token {token}")
+                        if s.unit == "sample" and other_ids != ids:
+                            raise CoxlmmError(
+                                f"compare: {ref} (job {found[0][0]!r}) and {other} (job {of[0][0]!r}) scored different "
+                                f"test samples for token {token!r} ({len(ids)} vs {len(other_ids)}); a paired comparison "
+                                "needs the same samples: give both methods the same data settings.")
+                        d = bootstrap_diff(A, B, paired_units=s.unit == "sample", paired_fits=False, seed=seed)
+                        family.append(((token, s.label, f"{ref_rows['label'].iloc[0]} − {og['label'].iloc[0]}"),
+                                       "Δ", d))
+    if not family:
+        return None
+    adjusted = holm([d.p for _, _, d in family])
+    cells: list[Cell] = []
+    for (row, _, d), p_holm in zip(family, adjusted):
+        extra = {"lo": d.lo, "hi": d.hi, "p": d.p, "p_holm": float(p_holm)}
+        cells.append((row, "Δ", d.mean, None, "", extra))
+        cells.append((row, "95 % CI", None, None, f"[{d.lo:+.3f}, {d.hi:+.3f}]", extra))
+        cells.append((row, "p", None, None, f"{d.p:.4f}", extra))
+        cells.append((row, "p (Holm)", None, None, f"{p_holm:.4f}" + ("*" if p_holm < 0.05 else ""), extra))
+    return _build("comparisons", f"Method against method: {ref} minus each other method (paired on the test samples)",
+                  cells, ["token", "metric", "comparison"],
+                  f"A family of {len(family)} comparisons declared by the sweep (compare.reference={ref}, "
+                  f"compare.samples={list(compare.get('samples') or [])}). Δ: mean over test samples and seeds; 95 % CI "
+                  "and p: bootstrap resampling the test samples (paired) and each method's seeds (refits) "
+                  "independently; p (Holm): Holm-adjusted over the family, * = below 0.05.")
+
+
+def score_tables(sweep: Sweep) -> list[Table]:
+    """A table per declared TableSpec, from the scores that name it."""
+    out = []
+    for spec in sorted(sweep.schema.tables, key=lambda t: t.order):
+        scores = [s for s in sweep.schema.scores if spec.name in s.tables]
+        if scores:
+            out.append(pivot_table(spec, scores, sweep.runs, sweep.compare) if spec.pivot
+                       else rows_table(spec, scores, sweep.runs))
+    return out
+
+
+def curve_tables(sweep: Sweep) -> list[Table]:
+    """By layer / by K: every score marked `curve`, when the sweep varies that axis."""
+    curves = [s for s in sweep.schema.scores if s.curve and not s.row]
+    labels = [s.label for s in curves]
+    curves = [s if labels.count(s.label) == 1 else Score(**{**s.__dict__, "label": f"{s.label} ({s.tables[0]})"})
+              for s in curves]
+    out = []
+    runs = sweep.runs
+    for x, name, title in (("layer", "layers", "By layer"), ("n_concepts", "k", "By dictionary size K")):
+        if _varies(runs, x) and curves:
+            ordered = runs.sort_values(x, na_position="last", kind="stable")
+            out.append(rows_table(TableSpec(name, title), curves, ordered, x=x))
+    return out
 
 
 def _varies(runs: pd.DataFrame, key: str) -> bool:
@@ -541,21 +589,13 @@ def _varies(runs: pd.DataFrame, key: str) -> bool:
 
 
 def tables(sweep: Sweep) -> list[Table]:
-    runs = sweep.runs
-    out = [table1(runs, sweep.scorers), paired_table(runs, sweep.test_scores), overlap_table(runs),
-           grounding_table(runs), recovery_table(runs)]
-    if any(c.endswith("/image_only") for c in runs.columns):
-        out.append(split_recovery_table(runs))
-    if "kl_recon" in runs:
-        out.append(causal_table(runs))
-    if _varies(runs, "layer"):
-        out.append(by_table(runs.sort_values("layer", na_position="last", kind="stable"), "layer", "layers",
-                            "By layer (lens readability: share of samples whose logit-lens top-1 / top-10 is t)",
-                            LAYER_COLUMNS))
-    if _varies(runs, "n_concepts"):
-        out.append(by_table(runs.sort_values("n_concepts", kind="stable"), "n_concepts", "k", "By dictionary size K", K_COLUMNS))
+    out = score_tables(sweep) + [paired_table(sweep)]
+    cmp = comparisons_table(sweep)
+    if cmp is not None:
+        out.append(cmp)
+    out += curve_tables(sweep)
     # A table with no value at all (Table 1 of a layer sweep, whose jobs hold many layers) says nothing.
-    return [t for t in out if "mean" in t.values and t.values["mean"].notna().any()]
+    return [t for t in out if "mean" in t.values and (t.values["mean"].notna().any() or "lo" in t.values)]
 
 
 # --- rendering (pure) ---------------------------------------------------------------------------------------
@@ -572,11 +612,12 @@ def report_markdown(sweep_name: str, all_tables: Sequence[Table], n_rows: int, u
 
 
 def csv_records(all_tables: Sequence[Table]) -> pd.DataFrame:
-    """Every cell of every table: table, row, column, mean, std."""
+    """Every cell of every table: table, row, column, mean, std (and lo, hi, p, p_holm of the tests)."""
     frames = [t.values.assign(table=t.name) for t in all_tables if not t.values.empty]
     if not frames:
         return pd.DataFrame(columns=["table", "row", "column", "mean", "std"])
-    return pd.concat(frames)[["table", "row", "column", "mean", "std"]]
+    out = pd.concat(frames)
+    return out[["table", "row", "column", "mean", "std", *[c for c in ("lo", "hi", "p", "p_holm") if c in out]]]
 
 
 def runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -591,111 +632,81 @@ def _figure(*args, **kwargs):
     return Figure(*args, **kwargs)
 
 
-def layer_figure(runs: pd.DataFrame):
-    """Grounding CS by layer with the random-words line (paper Fig. 5) and the lens readability; recovery
-    by layer against the prefix-only control and the random dictionary."""
-    if not _varies(runs, "layer") or not {"grounding_cs_mean", "recovery_matched"} & set(runs.columns):
+def curve_figure(runs: pd.DataFrame, schema: Schema, x: str):
+    """One panel per table of `curve` scores against x (layer or K); a line per (method, token) and
+    score, the dictionary's solid, its baselines' dashed."""
+    curves = [s for s in schema.scores if s.curve and not s.row and s.key in runs]
+    if not _varies(runs, x) or not curves:
         return None
-    fig = _figure(figsize=(12, 4.2), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    r = a.twinx()
-    for (method, token), g in runs.dropna(subset=["layer"]).groupby(["method_display", "token"], sort=False):
-        g = g.groupby("layer").mean(numeric_only=True).reset_index()
-        name = f"{method}, {token}"
-        _line(a, g, "grounding_cs_mean", f"{name}: grounded words", "-o")
-        _line(a, g, "grounding_cs_random_mean", f"{name}: random words", "--")
-        _line(r, g, "lens_top10_t", f"{name}: lens top-10 ∋ t (right)", ":", colour="grey")
-        _line(b, g, "recovery_matched", f"{name}: matched", "-o")
-        _line(b, g, "recovery_matched_prefix_only", f"{name}: prefix-only", "-s")
-        _line(b, g, "recovery_matched_random", f"{name}: random dict.", "--")
-    a.set(xlabel="layer", ylabel="CLIPScore (concept's top samples vs words)", title="Grounding by layer")
-    r.set(ylabel="share of samples", ylim=(0, 1.05))
-    b.set(xlabel="layer", ylabel="matched AUROC", title="Ground-truth recovery by layer")
-    b.axhline(0.5, color="grey", lw=0.8, ls=":")
-    lines = a.get_legend_handles_labels()
-    extra = r.get_legend_handles_labels()
-    a.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7)
-    b.legend(fontsize=7)
-    for ax in (a, b):
+    panels = _ordered([s.tables[0] if s.tables else "other" for s in curves])
+    fig = _figure(figsize=(4.6 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for s in (s for s in curves if (s.tables[0] if s.tables else "other") == panel):
+            for label, g in runs.dropna(subset=[x]).groupby("label", sort=False):
+                for token, gt in g.groupby("token", sort=False):
+                    d = gt.groupby(x)[s.key].mean().dropna()
+                    if len(d):
+                        ax.plot(d.index, d.values, "--" if s.of else "-o", ms=3,
+                                label=f"{label}, {token}: {s.label}")
+        ax.set(xlabel="layer" if x == "layer" else "K (concepts)", title=schema.table(panel).title[:60])
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
     return fig
 
 
-def k_figure(runs: pd.DataFrame):
-    """Reconstruction error against K, and against the test L0 (methods compared at matched sparsity, as
-    SAEBench advises: an SAE's L0 is its k, Semi-NMF's is set by λ), one line per (method, token)."""
-    if not _varies(runs, "n_concepts") or "recon_rel_error_train" not in runs:
+def scatter_figure(points: pd.DataFrame, schema: Schema):
+    """Per concept: each per-concept score (y) against its null (x), one colour per method."""
+    pairs = [c for c in schema.concepts if c.null and not points.empty and {c.key, c.null} <= set(points.columns)]
+    if not pairs:
         return None
-    fig = _figure(figsize=(11, 4), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    for (method, token), g in runs.groupby(["method_display", "token"], sort=False):
-        g = g.groupby("n_concepts").mean(numeric_only=True).reset_index()
-        _line(a, g, "recon_rel_error_test", f"{method}, {token}: test", "-o", x="n_concepts")
-        _line(a, g, "recon_rel_error_train", f"{method}, {token}: train", "--", x="n_concepts")
-        if "sparsity_l0_test" in g:
-            _line(b, g, "recon_rel_error_test", f"{method}, {token}", "-o", x="sparsity_l0_test")
-    a.set(xlabel="K (concepts)", ylabel="relative reconstruction error ‖Z − VU‖² / ‖Z‖²", title="Reconstruction vs K")
-    b.set(xlabel="L0 (non-zero codes per test sample)", ylabel="relative reconstruction error (test)",
-          title="Reconstruction vs L0 (matched sparsity)")
-    for ax in (a, b):
+    fig = _figure(figsize=(4.6 * len(pairs), 4.4), layout="constrained")
+    for ax, c in zip(fig.subplots(1, len(pairs), squeeze=False)[0], pairs):
+        pts = points.dropna(subset=[c.key, c.null])
+        for label, g in pts.groupby("label" if "label" in pts else "method_display", sort=False):
+            above = int((g[c.key] > g[c.null]).sum())
+            ax.scatter(g[c.null], g[c.key], s=12, alpha=0.7, label=f"{label} ({above}/{len(g)} above the diagonal)")
+        lo = float(pts[[c.key, c.null]].min().min())
+        hi = float(pts[[c.key, c.null]].max().max())
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="its null", ylabel=c.label, title=f"{c.label}: per concept")
         ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
     return fig
-
-
-def scatter_figure(points: pd.DataFrame):
-    """Per concept: CS of its grounded words (y) against random words (x), one colour per method."""
-    if points.empty or not {"cs", "cs_random"} <= set(points.columns):
-        return None
-    pts = points.dropna(subset=["cs", "cs_random"])
-    fig = _figure(figsize=(5, 5), layout="constrained")
-    ax = fig.subplots()
-    for method, g in pts.groupby("method_display", sort=False):
-        above = int((g["cs"] > g["cs_random"]).sum())
-        ax.scatter(g["cs_random"], g["cs"], s=12, alpha=0.7, label=f"{method} ({above}/{len(g)} above the diagonal)")
-    lo, hi = float(pts[["cs", "cs_random"]].min().min()), float(pts[["cs", "cs_random"]].max().max())
-    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="CS, random words", ylabel="CS, concept's words", title="Grounding quality per concept")
-    ax.legend(fontsize=7)
-    return fig
-
-
-def _line(ax, g: pd.DataFrame, key: str, label: str, style: str, colour: str | None = None, x: str = "layer") -> bool:
-    if key not in g or g[key].isna().all():
-        return False
-    d = g.dropna(subset=[key]).sort_values(x)
-    ax.plot(d[x], d[key], style, label=label, ms=3, color=colour)
-    return True
 
 
 # --- writing (I/O) --------------------------------------------------------------------------------------------
 def write_report(sweep_dir: str | Path, sweep: Sweep | None = None, figures: bool = True) -> list[Path]:
-    """Write a sweep's tables, runs and figures into its dir (read it unless given); returns the files."""
+    """Write a sweep's tables, runs and figures into its dir (read it unless given); returns the files.
+    Every table is computed before the first file is written: a refused table leaves no partial report."""
     root = Path(sweep_dir)
     sweep = sweep if sweep is not None else read_sweep(root)
     all_tables = tables(sweep)
+    figs = {}
+    if figures:
+        figs = {"by_layer.png": curve_figure(sweep.runs, sweep.schema, "layer"),
+                "by_k.png": curve_figure(sweep.runs, sweep.schema, "n_concepts"),
+                "concept_scores.png": scatter_figure(sweep.points, sweep.schema)}
     (root / "tables.md").write_text(report_markdown(root.name, all_tables, len(sweep.runs), sweep.unfinished))
     csv_records(all_tables).to_csv(root / "tables.csv", index=False)
     runs_frame(sweep.runs).to_csv(root / "runs.csv", index=False)
     paths = [root / "tables.md", root / "tables.csv", root / "runs.csv"]
-    if figures:
-        for name, fig in (("layer_ablation.png", layer_figure(sweep.runs)), ("recon_vs_k.png", k_figure(sweep.runs)),
-                          ("grounding_scatter.png", scatter_figure(sweep.points))):
-            if fig is not None:
-                fig.savefig(root / name, dpi=120)
-                paths.append(root / name)
+    for name, fig in figs.items():
+        if fig is not None:
+            fig.savefig(root / name, dpi=120)
+            paths.append(root / name)
     paths.append(write_index(root, sweep, [p for p in paths if p.suffix == ".png"]))
     return paths
 
 
 def write_index(root: Path, sweep: Sweep, figures: list[Path]) -> Path:
-    """The sweep's index.html (report/browser): jobs with their key metrics and links, tables, figures."""
+    """The sweep's index.html (report/browser): jobs with their headline metrics and links, tables, figures."""
     from coxlmm.report.browser import write_sweep_index
 
     by_job = {r["job"]: r for r in sweep.runs.to_dict("records")} if not sweep.runs.empty else {}
-    keys = ("cs_top1_mean", "bs_top1_mean", "overlap", "recovery_matched", "sparsity_l0_test", "recon_rel_error_test")
+    head = sweep.schema.headline()
     jobs = [{"job": j.name, "overrides": j.overrides, "status": j.status, "error": j.error, "report": j.report,
-             "metrics": {k: by_job[j.name][k] for k in keys if j.name in by_job and _finite(by_job[j.name].get(k))}}
+             "metrics": {s.label + (f" ({s.row})" if s.row and s.row != s.label else ""): by_job[j.name][s.key]
+                         for s in head if j.name in by_job and _finite(by_job[j.name].get(s.key))}}
             for j in sweep.jobs]
     return write_sweep_index(root, jobs=jobs, tables_md=(root / "tables.md").read_text(), figures=figures)
 
@@ -723,7 +734,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"coxlmm-tables: error: no finished job under {d!r} (a job dir holds metrics.json and "
                   f".hydra/config.yaml; {len(sweep.unfinished)} job dirs without metrics.json).", file=sys.stderr)
             return 2
-        for path in write_report(root, sweep, figures=not args.no_figures):
+        try:
+            written = write_report(root, sweep, figures=not args.no_figures)
+        except CoxlmmError as e:
+            print(f"coxlmm-tables: error in {d}: {e}", file=sys.stderr)
+            return 2
+        for path in written:
             print(path)
     return 0
 

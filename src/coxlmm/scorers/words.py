@@ -37,6 +37,24 @@ def words_clip_scores(clip: Scorer, img_emb: torch.Tensor, word_sets: list[list[
     return scores
 
 
+def words_clip_scores_many(clip: Scorer, img_emb: torch.Tensor, columns: list[list[list[str]]]) -> list[torch.Tensor]:
+    """`words_clip_scores` of several columns (each one word set per image) with every distinct text
+    embedded once over all columns."""
+    texts = sorted({words_text(w) for sets in columns for w in sets if w})
+    if not texts:
+        return [torch.zeros(len(sets)) for sets in columns]
+    row = {t: i for i, t in enumerate(texts)}
+    txt_emb = clip.embed_texts(texts)
+    out = []
+    for sets in columns:
+        scores = torch.zeros(len(sets))
+        idx = [i for i, w in enumerate(sets) if w]
+        if idx:
+            scores[idx] = clip_score(img_emb[idx], txt_emb[[row[words_text(sets[i])] for i in idx]])
+        out.append(scores)
+    return out
+
+
 def words_bert_scores(bert, word_sets: list[list[str]], references: list[list[str]]) -> torch.Tensor:
     """(n,) BS(word_sets[i], references[i]): max BERTScore F1 over the references of sample i."""
     scores = torch.zeros(len(word_sets))

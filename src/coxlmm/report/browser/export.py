@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from coxlmm.grounding.local import rank_concepts
+from coxlmm.metrics.schema import ConceptColumn
 from coxlmm.grounding.text import KEPT, filter_reasons, grounding_vocabulary, top_token_ids, word_pieces
 
-SCHEMA = "coxlmm.browser/1"
+SCHEMA = "coxlmm.browser/2"
 THUMB_DIR = "thumbs"
 N_HIST_BINS = 24
 
@@ -126,7 +127,8 @@ def build_export(
     lens_table: Sequence[Mapping[str, list]],
     *,
     metrics: Mapping[str, Any] | None = None,
-    artifacts: Mapping[str, Any] | None = None,
+    schema: Any = None,
+    concept_scores: Mapping[str, Sequence[Any]] | None = None,
     settings: Mapping[str, Any] | None = None,
     n_bins: int = 5,
     per_bin: int = 4,
@@ -139,9 +141,14 @@ def build_export(
     train / test: one dict per row of V_train / V_test: id, index (dataset index), caption
         (generated), captions (references)
     lens_table: `logit_lens(...)`, one dict per concept
-    artifacts: optional "recovery_table", "stability_matches", "causal" (docs/browser.md)
+    metrics: the run's flat scores; schema: their description (metrics/schema.py), which gives every
+        score its label and table, and every per-concept column (`concept_scores`: key -> K values) its
+        label and whether the page offers it as a sort key. Nothing here knows a metric's keys.
     """
-    artifacts = artifacts or {}
+    from coxlmm.metrics.schema import Schema
+
+    schema = schema if schema is not None else Schema()
+    concept_scores = concept_scores or {}
     Vtr = V_train.detach().float().cpu().numpy()
     Vte = V_test.detach().float().cpu().numpy() if V_test is not None else None
     K = Vtr.shape[1]
@@ -152,13 +159,17 @@ def build_export(
     if len(lens_table) != K:
         raise ValueError(f"browser export: {len(lens_table)} logit-lens rows for K={K} concepts")
 
-    stability = {int(m["concept"]): m for m in artifacts.get("stability_matches") or []}
-    causal = {int(k): v for k, v in (artifacts.get("causal") or {}).items() if str(k).isdigit()}
-    recovery: dict[int, list] = {}
-    for r in artifacts.get("recovery_table") or []:
-        if r.get("matched_concept") is not None:
-            recovery.setdefault(int(r["matched_concept"]), []).append(
-                {"factor": r.get("factor"), "value": r.get("value"), "auroc_matched": _num(r.get("auroc_matched"), 4)})
+    columns = [c for c in schema.concepts if c.key in concept_scores]
+    columns += [ConceptColumn(k, k) for k in concept_scores if k not in {c.key for c in columns}]
+
+    def concept_values(k: int) -> list[dict[str, Any]]:
+        out = []
+        for c in columns:
+            values = concept_scores[c.key]
+            v = values[k] if k < len(values) else None
+            if v is not None:
+                out.append({"key": c.key, "label": c.label, "value": v if isinstance(v, str) else _num(v)})
+        return out
 
     def sample(r: int, k: int, max_act: float) -> dict[str, Any]:  # a train row as an example of concept k
         value = float(Vtr[r, k])
@@ -178,10 +189,7 @@ def build_export(
             "n_active": int(active.size),
             "max_act": _num(max_act),
             "median_act": _num(np.median(active)) if active.size else None,
-            "stability_cos": _num(stability[k].get("matched_cos"), 4) if k in stability else None,
-            "recovery": recovery.get(k, []),
-            "causal": {str(n): (_num(x) if not isinstance(x, str) else x) for n, x in causal[k].items()}
-            if k in causal else None,
+            "scores": concept_values(k),
             **{key: list(val) for key, val in lens_table[k].items()},
             **histogram(v, Vte[:, k] if Vte is not None else None),
             "top_activations": [sample(r, k, max_act) for r in mas_rows],
@@ -203,10 +211,26 @@ def build_export(
         "method": concepts.method, "layer": concepts.layer, "token": concepts.token,
         "n_concepts": K, "n_train": int(Vtr.shape[0]), "n_test": int(Vte.shape[0]) if Vte is not None else 0,
         "settings": {"n_bins": n_bins, "per_bin": per_bin, "n_local": n_local, **(settings or {})},
-        "metrics": {k: _num(v) for k, v in (metrics or {}).items() if _num(v) is not None},
+        "metrics": metric_rows(metrics or {}, schema),
+        "sort_keys": [{"key": c.key, "label": c.label, "better": c.better} for c in columns if c.sortable],
         "concepts": out_concepts,
         "local": local,
     }
+
+
+def metric_rows(metrics: Mapping[str, Any], schema: Any) -> list[dict[str, Any]]:
+    """The run's numbers as the page lists them: each described score under its table, row and label
+    (the schema's order), then any score no metric described, under its key."""
+    rows, seen = [], set()
+    for s in schema.scores:
+        if s.key in metrics and _num(metrics[s.key]) is not None:
+            rows.append({"key": s.key, "label": s.label, "row": s.row, "of": s.of,
+                         "table": schema.table(s.tables[0]).title if s.tables else "other",
+                         "value": _num(metrics[s.key]), "summary": s.summary})
+            seen.add(s.key)
+    rows += [{"key": k, "label": k, "row": None, "of": None, "table": "other", "value": _num(v), "summary": False}
+             for k, v in sorted(metrics.items()) if k not in seen and _num(v) is not None]
+    return rows
 
 
 def samples(export: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -98,7 +98,8 @@ def write_run_report(
     n_words: int,
     keep_words: Iterable[str] = frozenset(),
     metrics: Mapping[str, Any],
-    artifacts: Mapping[str, Any],
+    schema: Any = None,
+    concept_scores: Mapping[str, Any] | None = None,
     image: Callable[[str, int], Any],
     n_bins: int = 5,
     per_bin: int = 4,
@@ -111,7 +112,7 @@ def write_run_report(
     test[i], each {"id", "index" (dataset index), "caption" (generated), "captions" (references)}.
     lens: `.unembed(U (K, B)) -> (K, vocab)` and `.tokenizer` (the logit lens). n_top / n_words /
     keep_words: the word-filter settings (keep_words: extra accepted words). metrics: flat numbers;
-    artifacts: optional "recovery_table", "stability_matches", "causal" (docs/browser.md).
+    schema / concept_scores: the run's score descriptions and per-concept columns (metrics/schema.py).
     image(split, dataset index) -> PIL image or None (then the page shows "no image").
     When `out_dir` is `layer_<l>` of a run, the run's top report.html (links to every layer) is
     rewritten too.
@@ -121,7 +122,8 @@ def write_run_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     keep_words = frozenset(keep_words)
     table = logit_lens(lens, concepts.U, concepts.words, n_top=n_top, n_words=n_words, keep_words=keep_words)
-    export = build_export(concepts, V_train, V_test, train, test, table, metrics=metrics, artifacts=artifacts,
+    export = build_export(concepts, V_train, V_test, train, test, table, metrics=metrics, schema=schema,
+                          concept_scores=concept_scores,
                           settings={"n_top": n_top, "n_words": n_words, "keep_words": sorted(keep_words),
                                     "thumb_px": thumb_px},
                           n_bins=n_bins, per_bin=per_bin, n_local=n_local)

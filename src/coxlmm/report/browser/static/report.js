@@ -38,10 +38,10 @@
   }
   function sig(x) { return x === null || x === undefined ? "–" : String(Number(x.toPrecision(3))); }
   function pct(x) { return x === null || x === undefined ? "–" : (100 * x).toFixed(x < 0.01 ? 2 : 1) + "%"; }
-  function recoveryBest(c) {
-    var best = null;
-    c.recovery.forEach(function (r) { if (r.auroc_matched !== null && (best === null || r.auroc_matched > best)) best = r.auroc_matched; });
-    return best;
+  // A concept's value of a per-concept column (the metrics describe them; the page knows none by name).
+  function scoreOf(c, key) {
+    var hit = (c.scores || []).filter(function (s) { return s.key === key; })[0];
+    return hit && typeof hit.value === "number" ? hit.value : null;
   }
 
   // --- one sample: thumbnail, activation, captions ---
@@ -115,15 +115,12 @@
     var out = [el("h3", {text: "stats"}), kv([
       ["density", pct(c.frac_nonzero)], ["active samples", String(c.n_active)],
       ["max activation", fmt(c.max_act)], ["median (active)", fmt(c.median_act)],
-      ["stability |cos|", fmt(c.stability_cos)],
     ])];
-    if (c.recovery.length) {
-      out.push(el("h3", {text: "recovery: matched value, AUROC"}));
-      out.push(kv(c.recovery.map(function (r) { return [r.factor + " = " + r.value, fmt(r.auroc_matched)]; })));
-    }
-    if (c.causal) {
-      out.push(el("h3", {text: "causal"}));
-      out.push(kv(Object.keys(c.causal).map(function (k) { return [k, fmt(c.causal[k])]; })));
+    if ((c.scores || []).length) {
+      out.push(el("h3", {text: "scores"}));
+      out.push(el("table", {cls: "kv concept-scores"}, c.scores.map(function (s) {
+        return el("tr", {"data-key": s.key}, [el("td", {text: s.label}), el("td", {text: fmt(s.value)})]);
+      })));
     }
     return out;
   }
@@ -170,7 +167,19 @@
   // --- page ---
   var title = "Concepts — " + [data.method, data.token ? "token '" + data.token + "'" : "", "layer " + data.layer, "K = " + data.n_concepts].filter(Boolean).join(" · ");
   document.title = title;
-  var metricRows = Object.keys(data.metrics).sort().map(function (k) { return el("tr", {}, [el("td", {text: k}), el("td", {text: fmt(data.metrics[k], 4)})]); });
+  // The run's numbers, grouped by the table their metric puts them in, under their labels.
+  var metricRows = [], lastTable = null;
+  data.metrics.forEach(function (m) {
+    if (m.table !== lastTable) {
+      metricRows.push(el("tr", {cls: "group"}, [el("th", {colspan: 2, text: m.table})]));
+      lastTable = m.table;
+    }
+    var name = m.label + (m.of ? " (" + m.of + ")" : "") + (m.row && m.row !== m.label ? " · " + m.row : "");
+    metricRows.push(el("tr", {"data-key": m.key, title: m.key}, [el("td", {text: name}), el("td", {text: fmt(m.value, 4)})]));
+  });
+  var headline = data.metrics.filter(function (m) { return m.summary; }).map(function (m) {
+    return m.label + (m.row && m.row !== m.label ? " (" + m.row + ")" : "") + " " + fmt(m.value, 3);
+  }).join(" · ");
   var header = el("header", {cls: "top"}, [
     el("h1", {text: title}),
     el("div", {cls: "sub"}, [
@@ -179,13 +188,15 @@
       el("a", {href: "#concepts", text: "concepts"}), " · ", el("a", {href: "#local", text: "local interpretation"}),
       page.inline ? null : " · ", page.inline ? null : el("a", {href: "report.json", text: "report.json"}),
     ]),
-    metricRows.length ? el("details", {cls: "metrics"}, [el("summary", {text: "metrics (" + metricRows.length + ")"}), el("table", {cls: "kv"}, metricRows)]) : null,
+    headline ? el("div", {cls: "sub headline", text: headline}) : null,
+    metricRows.length ? el("details", {cls: "metrics"}, [el("summary", {text: "metrics (" + data.metrics.length + ")"}), el("table", {cls: "kv"}, metricRows)]) : null,
   ]);
 
   var search = el("input", {type: "search", id: "search", placeholder: "filter concepts by word", "aria-label": "filter concepts by word"});
   var sort = el("select", {id: "sort", "aria-label": "sort concepts"}, [
-    ["index", "concept index"], ["density", "density"], ["max", "max activation"], ["recovery", "recovery AUROC"],
-  ].map(function (o) { return el("option", {value: o[0], text: o[1]}); }));
+    ["index", "concept index"], ["density", "density"], ["max", "max activation"],
+  ].concat((data.sort_keys || []).map(function (k) { return ["score:" + k.key, k.label]; }))
+    .map(function (o) { return el("option", {value: o[0], text: o[1]}); }));
   var count = el("span", {cls: "muted", id: "count"});
   var list = el("div", {id: "concept-list"}, data.concepts.map(card));
   var cards = Array.prototype.slice.call(list.children);
@@ -204,8 +215,8 @@
     var key = sort.value;
     var value = {
       index: function (c) { return -c.index; }, density: function (c) { return c.frac_nonzero; },
-      max: function (c) { return c.max_act; }, recovery: recoveryBest,
-    }[key];
+      max: function (c) { return c.max_act; },
+    }[key] || function (c) { return scoreOf(c, key.slice("score:".length)); };
     var order = data.concepts.slice().sort(function (a, b) {
       var va = value(a), vb = value(b);
       if (va === null && vb === null) return a.index - b.index;
