@@ -44,9 +44,14 @@ def test_the_debug_preset_runs_every_paper_metric_and_keeps_the_json_artefacts_w
                 "cs_top1_vs_noise_imgs_ci_lo", "recovery_matched", "recovery_matched_prefix_only",
                 "recovery_matched_random", "lens_top1_t", "sparsity_l0_test", "stability"):
         assert key in metrics, key
-    for name in ("recovery_table", "test_scores", "grounding_points", "scorer_fingerprint", "noise_imgs_words",
-                 "stability_matches"):
+    for name in ("recovery_table", "grounding_points", "scorer_fingerprint", "noise_imgs_words", "stability_matches",
+                 "metrics_schema"):
         assert (default_run / f"{name}.json").is_file(), name
+    from coxlmm.report.tables import read_samples
+
+    samples = read_samples(default_run / "samples.safetensors")
+    assert samples["top1_cs"][1].ndim == 1 and samples["rnd_words_cs"][1].shape[1] == 20  # R = 20 draws per sample
+    assert samples["noise_imgs_cs"][1].shape[1] == 3  # one per noise seed
     assert not list(default_run.glob("*.png"))
     assert (default_run / "report.html").is_file() and (default_run / "dictionary.safetensors").is_file()
     from coxlmm.report.log import offline_run

@@ -52,8 +52,21 @@ def _app(cfg: DictConfig) -> float | None:
         failed_page(cfg, f"{type(e).__name__}: {e}")
         raise
     job.finish("success")
-    # A scalar for Hydra sweepers (optimisers) that minimise a job's return value.
-    return None if not metrics else metrics.get("recon_rel_error_test", metrics.get("recon_rel_error_train"))
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """A scalar for Hydra sweepers (optimisers) that minimise a job's return value: the score the metrics
+    mark `objective` (metrics_schema.json of the run)."""
+    import json
+    from pathlib import Path
+
+    from coxlmm.metrics.schema import Schema
+
+    path = Path(cfg.paths.output_dir) / "metrics_schema.json"
+    if not metrics or not path.is_file():
+        return None
+    return Schema.from_json(json.loads(path.read_text())).objective(metrics)
 
 
 def failed_page(cfg: DictConfig, error: str) -> None:

@@ -61,7 +61,9 @@ class CompareConfig:
 
     reference: Optional[str] = None  # a method name of the sweep (e.g. semi_nmf); null: no comparisons
     against: list[str] = field(default_factory=list)  # methods compared with the reference; [] = every other one
-    samples: list[str] = field(default_factory=lambda: ["top1_cs", "top1_bs"])  # per-unit score arrays compared
+    # per-unit score arrays compared (names in samples.safetensors); [] = every per-test-sample score that
+    # has nulls (Table 1's CS and BS of the top-1 concept)
+    samples: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -462,8 +462,8 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     flat = {k: float(v) for k, v in flat.items() if _is_number(v)}
     schema = facts.schema.merge(*(r.schema for r in results))
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
-    if len(layers) > 1:  # the layers' schemas in one place, for the sweep tables
-        (out_dir / "metrics_schema.json").write_text(json.dumps(schema.to_json(), indent=1))
+    # The layers' schemas and the run facts' in one place (the sweep tables, the sweeper's objective).
+    (out_dir / "metrics_schema.json").write_text(json.dumps(schema.to_json(), indent=1))
     if job is not None:
         job.log_summary(flat)
     if cfg.print_summary:

@@ -197,10 +197,13 @@ def prefix_before(caption: str, word: str) -> str:
 def test_annotate_attribute_first_flags_match_the_caption_text():
     cap = "A large red circle on the left and a large blue star at the top."
     a = annotate_caption(TWO, cap, prefix_before(cap, "star"), "star")
+    # Every factor some word of the prefix names is text-known, whoever's value it is: the state that
+    # predicts "star" has read "on the left" (the circle's position), and the named value says so.
     assert a == {"target": {"shape": "star", "colour": "blue", "size": "large", "position": "top"},
                  "companion": {"shape": "circle", "colour": "red", "size": "large", "position": "left"},
-                 "text_known": ["colour", "size"], "image_only": ["position"], "style": "attribute_first",
-                 "heldout_pair": False}
+                 "text_known": ["colour", "size", "position"],
+                 "text_named": {"colour": "blue", "size": "large", "position": "left"},
+                 "image_only": [], "style": "attribute_first", "heldout_pair": False}
     a = annotate_caption(TWO, cap, prefix_before(cap, "circle"), "circle")
     assert a["target"]["shape"] == "circle" and a["text_known"] == ["colour", "size"] and a["image_only"] == ["position"]
 
@@ -211,9 +214,14 @@ def test_annotate_shape_first_prefix_holds_no_target_factor_word():
         a = annotate_caption(TWO, cap, prefix_before(cap, token), token)
         assert a["target"]["shape"] == token and a["style"] == "shape_first"
         assert a["text_known"] == [] and a["image_only"] == ["colour", "size", "position"]
-    # the flags read the caption's words against the truth: a wrong colour word leaves colour to the image
+
+
+def test_text_known_flags_a_wrongly_named_colour_as_text_known():
+    """The flags read the generated words, not the truth: a wrongly named colour is text-known (the state
+    read a colour word), and the named value says it was wrong."""
     a = annotate_caption(TWO, "A large red star at the top.", "A large red ", "star")
-    assert a["text_known"] == ["size"] and a["image_only"] == ["colour", "position"]
+    assert a["text_known"] == ["colour", "size"] and a["image_only"] == ["position"]
+    assert a["text_named"] == {"colour": "red", "size": "large"} and a["target"]["colour"] == "blue"
     assert a["companion"]["shape"] == "circle"
 
 

@@ -135,7 +135,7 @@ def records_of(dataset, rows=None, token: str = "circle") -> list[dict]:
     return out
 
 
-def make_input(scorer="fake", lmm=True, *, refit=None, noise_train=None, noise_test=None, V_test=None,
+def make_input(scorer="fake", lmm=True, *, refit=None, noise_train=(), noise_test=(), V_test=None,
                dictionary=None, factors=None, token="circle") -> EvalInput:
     train = ShapesWorld("train", n_train=40, image_size=32)
     test = ShapesWorld("test", n_test=12, image_size=32)

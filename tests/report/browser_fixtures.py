@@ -13,6 +13,7 @@ from PIL import Image
 from coxlmm.grounding.concept_set import ConceptSet
 from coxlmm.grounding.text import concept_words
 from coxlmm.grounding.visual import top_samples
+from coxlmm.metrics.schema import ConceptColumn, Schema, Score, TableSpec
 
 PIECES = ["<s>", "a", "▁a", "▁red", "▁circle", "ing", "▁the", "▁blue", "▁square", "▁42", "▁ox", "▁Red",
           "▁green", "▁triangle", "▁zzxq", "est", "▁and", "▁yellow", "▁star", "▁large"]
@@ -88,10 +89,20 @@ def toy_run(M: int = 40, M_test: int = 12, seed: int = 0, missing_image: int | N
         return Image.new("RGB", (128, 96), colour_of[(split, index)])
 
     return dict(concepts=concepts, V_train=V, V_test=V_test, train=train, test=test, lens=lens, n_top=N_TOP, n_words=N_WORDS,
-                metrics={"overlap": 0.25, "stability": 0.9, "recon_rel_error_train": float("nan")},
-                artifacts={"recovery_table": [{"factor": "colour", "value": "red", "matched_concept": 0, "auroc_matched": 0.91},
-                                              {"factor": "colour", "value": "blue", "matched_concept": 1, "auroc_matched": 0.83},
-                                              {"factor": "shape", "value": "star", "matched_concept": None, "auroc_matched": 0.5}],
-                           "stability_matches": [{"concept": k, "matched_cos": 0.9 - 0.1 * k} for k in range(K)],
-                           "causal": {"0": {"ablation_dlogp": -1.5, "steer_success": 0.4}}},
+                metrics={"overlap": 0.25, "stability": 0.9, "recon_rel_error_train": float("nan"), "undescribed": 3.0},
+                schema=TOY_SCHEMA,
+                concept_scores={"recovery_value": ["colour = red", "colour = blue", None, None],
+                                "recovery_auroc": [0.91, 0.83, None, None],
+                                "stability_cos": [0.9 - 0.1 * k for k in range(K)]},
                 image=image)
+
+
+# What the metrics would say of those numbers (the browser renders from this, knowing no key).
+TOY_SCHEMA = Schema(
+    scores=[Score("overlap", "Overlap", ("overlap",), better=-1, summary=True),
+            Score("stability", "Stability", ("dictionary",)),
+            Score("recon_rel_error_train", "Recon. err. train", ("dictionary",))],
+    concepts=[ConceptColumn("stability_cos", "stability |cos|", sortable=True),
+              ConceptColumn("recovery_value", "matched value (train)"),
+              ConceptColumn("recovery_auroc", "matched value: test AUROC", sortable=True)],
+    tables=[TableSpec("overlap", "Overlap of concept words"), TableSpec("dictionary", "The dictionaries")])

@@ -118,8 +118,10 @@ def test_run_report_renders_filters_sorts_and_links(browser, toy_page):
     Select(browser.find_element("id", "sort")).select_by_value("density")
     by_density = sorted(range(K), key=lambda k: (-export["concepts"][k]["frac_nonzero"], k))
     assert visible_concepts(browser) == by_density
-    Select(browser.find_element("id", "sort")).select_by_value("recovery")
+    Select(browser.find_element("id", "sort")).select_by_value("score:recovery_auroc")  # a column the metric offers
     assert visible_concepts(browser)[:2] == [0, 1]  # AUROC 0.91, 0.83; the rest have no recovery
+    labels = browser.execute_script("return Array.from(document.querySelectorAll('#concept-0 .concept-scores td:first-child')).map(t => t.textContent)")
+    assert labels == ["stability |cos|", "matched value (train)", "matched value: test AUROC"]
     assert console_errors(browser) == []
 
 

@@ -69,7 +69,12 @@ def test_export_stats_follow_their_definitions(toy):
     dead = ex["concepts"][3]
     assert dead["frac_nonzero"] == 0 and dead["median_act"] is None and dead["top_activations"] == [] \
         and dead["activations"] == []
-    assert ex["metrics"] == {"overlap": 0.25, "stability": 0.9}  # NaN left out: the JSON stays strict
+    # Every number under its metric's label and table, described ones first; NaN left out (strict JSON);
+    # a number no metric described still shows, under its key.
+    assert [(m["key"], m["label"], m["table"], m["value"]) for m in ex["metrics"]] == [
+        ("overlap", "Overlap", "Overlap of concept words", 0.25), ("stability", "Stability", "The dictionaries", 0.9),
+        ("undescribed", "undescribed", "other", 3.0)]
+    assert [m["summary"] for m in ex["metrics"]] == [True, False, False]
 
 
 def test_export_words_and_artefacts(toy):
@@ -80,10 +85,13 @@ def test_export_words_and_artefacts(toy):
     assert c1["pos_filter"][2:4] == ["too short", "not in vocabulary"]
     assert c2["pos_filter"][3:5] == ["over n_words", "over n_words"] and len(c2["words"]) == N_WORDS
     assert c0["pos_values"][:3] == [10.0, 9.0, 8.0]
-    assert c0["recovery"] == [{"factor": "colour", "value": "red", "auroc_matched": 0.91}]
-    assert ex["concepts"][2]["recovery"] == []  # "star" matched no concept
-    assert c1["stability_cos"] == pytest.approx(0.8) and c0["causal"] == {"ablation_dlogp": -1.5, "steer_success": 0.4}
-    assert c1["causal"] is None
+    # Per-concept columns as the schema labels them, in its order; a concept without a value has no entry.
+    assert [(x["label"], x["value"]) for x in c0["scores"]] == [
+        ("stability |cos|", 0.9), ("matched value (train)", "colour = red"), ("matched value: test AUROC", 0.91)]
+    assert [x["key"] for x in c2["scores"]] == ["stability_cos"]  # matched no value
+    assert c1["scores"][0]["value"] == pytest.approx(0.8)
+    assert ex["sort_keys"] == [{"key": "stability_cos", "label": "stability |cos|", "better": 0},
+                               {"key": "recovery_auroc", "label": "matched value: test AUROC", "better": 0}]
 
 
 def test_quantile_bins_cover_the_active_range_top_first():
@@ -203,8 +211,8 @@ def test_sweep_index_refuses_an_unknown_status(tmp_path):
 
 
 def test_metric_columns_and_markdown():
-    jobs = [{"metrics": {"layer_2/overlap": 1, "zzz": 2, "cs_top1_mean": 3, "overlap": 4}}]
-    assert metric_columns(jobs) == ["overlap", "layer_2/overlap", "cs_top1_mean"]
+    jobs = [{"metrics": {"Overlap": 1, "CS (test)": 3}}, {"metrics": {"zzz": 2, "Overlap": 4}}]
+    assert metric_columns(jobs) == ["Overlap", "CS (test)", "zzz"]
     assert markdown_html("Text with `code` & <b>\n\n| a | b |\n|---|:-:|\n| 1 | 2 |") == (
         "<p>Text with <code>code</code> &amp; &lt;b&gt;</p>\n"
         '<table class="grid md"><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>')

@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from coxlmm.metrics.base import EvalInput, Metric, MetricResult
+from coxlmm.metrics.reconstruction import DICTIONARY_TABLE
 from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
 
 SCHEMA = Schema(
     scores=[Score("overlap", "Overlap", ("overlap", "dictionary"), better=-1, summary=True, curve=True)],
     samples=[Samples("overlap_per_concept", "Overlap, concept", unit="concept", better=-1)],
     tables=[TableSpec("overlap", "Overlap of concept words (lower is more disentangled)", pivot=True, token_mean=True,
-                      order=30)])
+                      order=30), DICTIONARY_TABLE])
 
 
 def overlap_per_concept(words: list[list[str]]) -> list[float]:

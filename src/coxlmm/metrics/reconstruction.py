@@ -17,7 +17,8 @@ from coxlmm.metrics.schema import Schema, Score, TableSpec
 DICTIONARY_TABLE = TableSpec("dictionary", "The dictionaries: reconstruction, sparsity, stability", order=60)
 SCHEMA = Schema(
     scores=[Score("recon_rel_error_train", "Recon. err. train", ("dictionary",), better=-1, curve=True),
-            Score("recon_rel_error_test", "Recon. err. test", ("dictionary",), better=-1, summary=True, curve=True),
+            Score("recon_rel_error_test", "Recon. err. test", ("dictionary",), better=-1, summary=True, curve=True,
+                  objective=True),
             Score("explained_variance", "Expl. var. train", ("dictionary",), better=1),
             Score("explained_variance_test", "Expl. var. test", ("dictionary",), better=1)],
     tables=[DICTIONARY_TABLE])

@@ -294,29 +294,45 @@ SPLIT = TableSpec("recovery_split", "Recovery by where the information came from
                   "target's); image-only: the others. Compare image-only with prefix-only, image-only.", order=55)
 
 
+NULL_TAGS = {"": None, "_prefix_only": "Prefix-only", "_random": "Random dict.", "_diffmean": "DiffMean (labels)"}
+BASES = {"recovery_matched": "Matched", "recovery_lenient": "Lenient", "purity_corrected": "Purity (corr.)",
+         "grounding_accuracy": "Grounding acc."}
+
+
 def recovery_schema(factors: Sequence[str], split: bool) -> Schema:
-    """The scores of one run, its factors as rows of the recovery table."""
-    cols = [("recovery_matched", "Matched", 1, True), ("recovery_matched_chance", "Chance (perm.)", 0, True),
-            ("recovery_matched_p", "p (perm.)", 0, False), ("recovery_matched_prefix_only", "Prefix-only", 0, True),
-            ("recovery_matched_random", "Random dict.", 0, True), ("recovery_matched_diffmean", "DiffMean (labels)", 0, False),
-            ("recovery_lenient", "Lenient", 1, False), ("purity_corrected", "Purity (corr.)", 1, False),
-            ("grounding_accuracy", "Grounding acc.", 1, True)]
-    scores = [Score(key, label, ("recovery",), better=better, curve=curve, summary=key == "recovery_matched")
-              for key, label, better, curve in cols]
-    for f in factors:
-        scores += [Score(f"{key}/{f}", label, ("recovery",), row=f, better=better) for key, label, better, _ in cols
-                   if key not in ("recovery_matched_p",)]
+    """Every score the metric can write for these factors; the recovery table shows the dictionary's
+    matched, lenient, purity and grounding scores, the chance level, and each null's matched score."""
+    scores = []
+    for f in [None, *factors]:
+        at, row = (f"/{f}" if f else ""), f
+        for tag, null in NULL_TAGS.items():
+            for base, label in BASES.items():
+                if base == "purity_corrected" and f:
+                    continue  # purity is per concept, not per factor
+                in_table = tag == "" or base == "recovery_matched"
+                scores.append(Score(f"{base}{tag}{at}", null if tag and base == "recovery_matched" else
+                                    (f"{label} ({null})" if null else label), ("recovery",) if in_table else (),
+                                    row=row, of=null, better=0 if tag else 1,
+                                    summary=not f and not tag and base == "recovery_matched",
+                                    curve=not f and base in ("recovery_matched", "grounding_accuracy") and tag != "_diffmean"))
+        scores.append(Score(f"recovery_matched_chance{at}", "Chance (perm.)", ("recovery",), row=row, of="Permutation",
+                            curve=not f))
+    scores += [Score("recovery_matched_p", "p (perm.)", ("recovery",)),
+               Score("recovery_matched_chance_q95", "Chance (perm.), 95th percentile"),
+               Score("recovery_n_values", "factor values scored", digits=0)]
     if split:
-        for f in [*factors, None]:
+        for f in [None, *factors]:
             at = f"/{f}" if f else ""
             row = f or "all"
             scores += [Score(f"recovery_matched{at}/text_known", "text-known", ("recovery_split",), row=row),
                        Score(f"recovery_matched{at}/image_only", "image-only", ("recovery_split",), row=row),
                        Score(f"recovery_matched_prefix_only{at}/text_known", "prefix-only, text-known", ("recovery_split",),
-                             row=row),
+                             row=row, of="Prefix-only"),
                        Score(f"recovery_matched_prefix_only{at}/image_only", "prefix-only, image-only", ("recovery_split",),
-                             row=row),
-                       Score(f"recovery_matched_random{at}/image_only", "random, image-only", ("recovery_split",), row=row)]
+                             row=row, of="Prefix-only"),
+                       Score(f"recovery_matched_random{at}/text_known", "random, text-known", (), row=row, of="Random dict."),
+                       Score(f"recovery_matched_random{at}/image_only", "random, image-only", ("recovery_split",), row=row,
+                             of="Random dict.")]
             if f:
                 scores += [Score(f"recovery_n_samples/{f}/text_known", "n text-known", ("recovery_split",), row=row, digits=0),
                            Score(f"recovery_n_samples/{f}/image_only", "n image-only", ("recovery_split",), row=row, digits=0),
@@ -416,7 +432,8 @@ class Recovery(Metric):
             if k is not None:
                 per_concept_value[k] = f"{f} = {v}"
                 per_concept_auroc[k] = float(a)
-        return MetricResult(out, {"recovery_table": table}, schema=recovery_schema(list(factor_columns(names)), split),
+        schema = recovery_schema(list(factor_columns(names)), split).only(out)
+        return MetricResult(out, {"recovery_table": table}, schema=schema,
                             concepts={"recovery_value": per_concept_value, "recovery_auroc": per_concept_auroc})
 
     @staticmethod

@@ -39,7 +39,20 @@ class Score:
     summary: bool = False  # a headline number: the printed summary, the sweep index, W&B's summary
     curve: bool = False  # shown in the by-layer and by-K tables when a sweep varies them
     last: bool = False  # in a pivoted table, the column goes after the methods' (e.g. GT-captions)
+    objective: bool = False  # the value a Hydra sweeper optimises (the job's return value), in its `better` sense
     digits: int = 3
+
+
+def with_spreads(scores: list[Score]) -> list[Score]:
+    """The scores and a description of each one's spread key ("<label>: std over samples", in no table)."""
+    out = list(scores)
+    have = {s.key for s in scores}
+    for s in scores:
+        if s.spread and s.spread not in have:
+            label = s.label + (f" ({s.of})" if s.of else "") + (f" · {s.row}" if s.row and s.row != s.label else "")
+            out.append(Score(s.spread, f"{label}: std over samples", digits=s.digits))
+            have.add(s.spread)
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,3 +130,11 @@ class Schema:
 
     def headline(self) -> list[Score]:
         return [s for s in self.scores if s.summary]
+
+    def objective(self, values: dict[str, float]) -> float | None:
+        """The job's value for a Hydra sweeper that minimises: the first `objective` score present,
+        negated when higher is better; None when there is none."""
+        s = next((s for s in self.scores if s.objective and s.key in values), None)
+        if s is None:
+            return None
+        return -float(values[s.key]) if s.better > 0 else float(values[s.key])

@@ -10,7 +10,9 @@ Every comparison here is of two score arrays laid out as
 bootstrap: each replicate resamples the fits (with replacement; the same fits for a and b when they
 come from the same jobs, `paired_fits`), the units (the same units for a and b when they are paired),
 and, inside every (fit, unit) slot, the draws. The interval therefore widens with every source of
-randomness the design has: the test samples, the fit and the null's own draws. With one draw per
+randomness the design has: the test samples, the fit and the null's own draws (conservatively: a
+unit's draw mean already varies with its draws, and the draw level adds that variance again, as a
+two-stage bootstrap of clustered data does). With one draw per
 unit (or draws that are all equal) the draw level changes nothing, and the interval is the usual
 paired bootstrap of the units: the three levels use three independent random streams, so the
 replicates of the other two levels do not move. The two-sided p-value is the bootstrap's

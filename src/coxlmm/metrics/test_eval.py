@@ -42,7 +42,7 @@ import torch
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.metrics.base import NOISE_TRAIN, EvalInput, Metric, MetricResult, Split
-from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
+from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec, with_spreads
 from coxlmm.metrics.stats import mean_std, paired_scores, per_unit
 from coxlmm.scorers.base import Scorers, batches, clip_score
 from coxlmm.scorers.words import words_bert_scores, words_clip_scores_many
@@ -138,13 +138,14 @@ def table1_schema(nulls: tuple[str, ...], gt: bool, metrics: list[str], top_k: i
         if gt:
             scores.append(Score(f"gt_captions_{m}_mean", label, ("table1",), row=label, of="GT-captions",
                                 spread=f"gt_captions_{m}_std", last=True))
+            samples.append(Samples(f"gt_captions_{m}", f"{label}, test sample", of="GT-captions"))
         samples.insert(0, Samples(f"top1_{m}", f"{label}, test sample", nulls=tuple(f"{n}_{m}" for n in nulls)))
     scores += [Score("top1_no_concept_frac", "share of test samples with no concept"),
                Score("top1_no_words_frac", "share of test samples whose top-1 concept has no words"),
                Score("noise_imgs_no_concept_frac", "Noise-Imgs: share of test samples with no noise concept"),
                Score("rnd_words_len_mean", "Rnd-Words: mean words per set"),
                Score("n_test_scored", "test samples scored", digits=0)]
-    return Schema(scores=scores, samples=samples, tables=[table1_spec(scorer_note)])
+    return Schema(scores=with_spreads(scores), samples=samples, tables=[table1_spec(scorer_note)])
 
 
 def scorer_note(fingerprint: dict[str, Any]) -> str:

@@ -512,14 +512,16 @@ def comparisons_table(sweep: Sweep, seed: int = 0) -> Table | None:
         raise CoxlmmError(f"compare: {', '.join(map(repr, missing))} not in this sweep (methods: {', '.join(methods)}); "
                           "set compare.reference / compare.against to methods the sweep ran.")
     described = {s.name: s for s in sweep.schema.samples}
-    unknown = [n for n in compare.get("samples") or [] if n not in described]
+    names = list(compare.get("samples") or [s.name for s in sweep.schema.samples
+                                             if s.unit == "sample" and s.nulls and not s.of])
+    unknown = [n for n in names if n not in described]
     if unknown:
         raise CoxlmmError(f"compare.samples: {', '.join(map(repr, unknown))} are not per-unit scores of this sweep "
                           f"(it has: {', '.join(described) or 'none'}).")
     family: list[tuple[tuple, str, Any]] = []
     for token in _ordered(rows["token"]):
         of_token = rows[rows["token"] == token]
-        for name in compare.get("samples") or []:
+        for name in names:
             s = described[name]
             for ref_key, ref_rows in of_token[of_token["method"] == ref].groupby(GROUP, sort=False, dropna=False):
                 found = sample_arrays(sweep, ref_rows, name)
@@ -553,7 +555,7 @@ def comparisons_table(sweep: Sweep, seed: int = 0) -> Table | None:
     return _build("comparisons", f"Method against method: {ref} minus each other method (paired on the test samples)",
                   cells, ["token", "metric", "comparison"],
                   f"A family of {len(family)} comparisons declared by the sweep (compare.reference={ref}, "
-                  f"compare.samples={list(compare.get('samples') or [])}). Δ: mean over test samples and seeds; 95 % CI "
+                  f"scores: {', '.join(names)}). Δ: mean over test samples and seeds; 95 % CI "
                   "and p: bootstrap resampling the test samples (paired) and each method's seeds (refits) "
                   "independently; p (Holm): Holm-adjusted over the family, * = below 0.05.")
 

@@ -1,8 +1,8 @@
 """A sweep's index.html: failed jobs first, one row per job linking its report, the tables, the figures.
 
     jobs: one dict per job dir: {"job" (dir name), "overrides" (str), "status" ("ok" | "failed" |
-          "unfinished"), "error" (str or None), "metrics" (flat dict), "report" (path of the job's
-          report.html relative to the sweep dir, or None)}
+          "unfinished"), "error" (str or None), "metrics" ({column title: value}: what the jobs table
+          shows), "report" (path of the job's report.html relative to the sweep dir, or None)}
     tables_md: the sweep's tables.md (headings, paragraphs and pipe tables), or None
     figures: PNG paths, shown by their path relative to the sweep dir
 
@@ -22,19 +22,13 @@ from coxlmm.report.browser.page import _write_text, html_page
 
 INDEX = "index.html"
 STATUSES = ("ok", "failed", "unfinished")
-# Metric columns of the jobs table, in this order, when the jobs have them (also as layer_<l>/<name>).
-KEY_METRICS = ("overlap", "cs_top1_mean", "bs_top1_mean", "recovery_matched", "grounding_accuracy",
-               "recon_rel_error_test", "stability", "sparsity_l0", "dead_concepts", "n_train", "n_test")
 MAX_METRIC_COLUMNS = 10
 
 
 def metric_columns(jobs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The jobs table's metric columns: KEY_METRICS present (plain or per layer), at most MAX_METRIC_COLUMNS."""
-    keys = list(dict.fromkeys(k for j in jobs for k in (j.get("metrics") or {})))
-    rank = {name: i for i, name in enumerate(KEY_METRICS)}
-    chosen = [k for k in keys if k.rsplit("/", 1)[-1] in rank]
-    chosen.sort(key=lambda k: (rank[k.rsplit("/", 1)[-1]], "/" in k, k))
-    return chosen[:MAX_METRIC_COLUMNS]
+    """The jobs table's metric columns: the jobs' metrics (the caller passes the headline ones, under
+    their labels), in first-seen order, at most MAX_METRIC_COLUMNS."""
+    return list(dict.fromkeys(k for j in jobs for k in (j.get("metrics") or {})))[:MAX_METRIC_COLUMNS]
 
 
 def _fmt(x: Any) -> str:
