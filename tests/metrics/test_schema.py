@@ -87,3 +87,35 @@ def test_schema_round_trips_and_merges_first_description_first():
     assert again == merged and again.samples[0].nulls == ("n",) and again.scores[0].tables == ("t",)
     assert Schema(scores=[Score("e", "E", better=-1, objective=True)]).objective({"e": 0.3}) == 0.3
     assert Schema(scores=[Score("e", "E", better=1, objective=True)]).objective({"e": 0.3}) == -0.3
+
+
+def test_a_toy_metric_from_a_test_config_appears_in_the_tables_and_the_browser(tiny_llava_path, tmp_path):
+    """The toy metric lives in tests/ (its class and its config): a sweep with it gets its table in
+    tables.md and its score and per-concept column in the concept browser, with no other edit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from coxlmm.report.tables import main as tables_main
+    from tests.extraction.conftest import make_folder_dataset
+
+    repo = Path(__file__).resolve().parents[2]
+    data = make_folder_dataset(tmp_path / "data", n_train=12, n_test=4, words=("dog",))
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(repo)}
+    out = subprocess.run(
+        [sys.executable, "-m", "coxlmm", "-m", f"hydra.searchpath=[file://{repo / 'tests' / 'conf'}]", "metrics=toy",
+         "model=hf", f"model.name_or_path={tiny_llava_path}", "data=folder", f"data.root={data}",
+         f"paths.cache_dir={tmp_path / 'cache'}", "extraction.max_new_tokens=20", "extraction.batch_size=4",
+         "method.n_concepts=3", "token=dog", "figures=false", "print_summary=false", "logger=none", "seed=0,1",
+         f"hydra.sweep.dir={sweep}"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert tables_main([str(sweep), "--no-figures"]) == 0
+    md = (sweep / "tables.md").read_text()
+    assert "## Toy table: the atoms' norms" in md and "Toy atom norm" in md
+    report = json.loads(next(sweep.rglob("report.json")).read_text())
+    assert any(m["label"] == "Toy atom norm" and m["summary"] for m in report["metrics"])
+    assert report["concepts"][0]["scores"][-1]["label"] == "toy ‖u_k‖"
+    assert {"key": "toy_atom_norm", "label": "toy ‖u_k‖", "better": 0} in report["sort_keys"]

@@ -100,6 +100,7 @@ class ExtractionModule(_ModelStage):
                     prefix = gen[: match.position]
                     rec = _record(s, "selected", caption, match.position, list(match.token_ids))
                     rec["prefix_ids"] = prefix
+                    rec["generated_ids"] = gen  # the whole greedy caption (causal: whole-caption cross-entropy)
                     if self.annotate is not None:
                         text = tok.decode(prefix, skip_special_tokens=True)
                         rec["annotation"] = self.annotate(s, caption, text, self.token)

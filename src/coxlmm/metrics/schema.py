@@ -35,6 +35,7 @@ class Score:
     row: str | None = None  # sub-row of the table ("CS", a factor, ...); None: the group's main row
     of: str | None = None  # None: the dictionary's score; else the baseline / control / null it belongs to
     spread: str | None = None  # key of this score's std over the job's samples (shown with one seed)
+    ci: tuple[str, str] | None = None  # keys of its 95 % interval (shown with one seed, instead of a spread)
     better: int = 0  # +1 higher is better, -1 lower is better, 0 neither
     summary: bool = False  # a headline number: the printed summary, the sweep index, W&B's summary
     curve: bool = False  # shown in the by-layer and by-K tables when a sweep varies them
@@ -81,6 +82,7 @@ class TableSpec:
     note: str = ""
     pivot: bool = False  # methods as columns (paper Table 1, overlap); else one row per method
     token_mean: bool = False  # a pivoted table adds a row with the mean (± std) over tokens
+    by_layer: bool = False  # one row per layer of a multi-layer job (else the representative layer only)
     order: int = 50  # tables are written in this order
 
 

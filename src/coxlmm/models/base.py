@@ -72,6 +72,19 @@ def _replace_rows(rows: torch.Tensor, cols: torch.Tensor, states: torch.Tensor):
     return hook
 
 
+def _transform_span(start: int, length: int, transform):
+    """A forward hook replacing output[:, start:start+length] by transform(those states) (n, H) -> (n, H):
+    the reconstruction (or an ablation) spliced in at every position that predicts a generated token."""
+    def hook(_module, _args, output):
+        h = _output_tensor(output).clone()
+        span = h[:, start:start + length]
+        flat = span.reshape(-1, span.shape[-1]).clone()  # the identity transform must not alias h
+        h[:, start:start + length] = transform(flat).to(h.device, h.dtype).reshape(span.shape)
+        return _with_tensor(output, h)
+
+    return hook
+
+
 def _add_delta(deltas: torch.Tensor, positions: str):
     """A forward hook adding deltas (R, H) to the last position of every call (generation: the prefill's
     last position predicts g_0, decode call j predicts g_j), or to every position ("all")."""
@@ -194,16 +207,45 @@ class LMM(nn.Module, abc.ABC):
             handle.remove()
 
     @torch.no_grad()
-    def caption_loglik(self, images: list[Image.Image], generated: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Mean log-likelihood per token of each caption generated[r, :lengths[r]] under the unsteered
-        model given image r (teacher-forced): (R,) float32."""
+    def caption_logprobs(self, images: list[Image.Image], generated: torch.Tensor, layer: int | None = None,
+                         transform=None) -> torch.Tensor:
+        """log p(generated[r, j] | image r, prompt, generated[r, :j]) (R, T) float32 on the CPU, teacher-forced;
+        with `transform` ((n, H) -> (n, H)), the output of hook point `layer` is replaced by its transform at
+        every position that predicts a caption token (the whole-caption splice of a reconstruction)."""
         inputs = self.prepare(images)
-        h = self.teacher_forced_states(inputs, generated, [self.num_layers])[self.num_layers]  # (R, T, H)
+        handle = None
+        if transform is not None:
+            P, T = inputs["input_ids"].shape[1], generated.shape[1]
+            handle = self.hook_points()[self.hook_index(layer)].register_forward_hook(_transform_span(P - 1, T, transform))
+        try:
+            h = self.teacher_forced_states(inputs, generated, [self.num_layers])[self.num_layers]  # (R, T, H)
+        finally:
+            if handle is not None:
+                handle.remove()
         W = self.W_U
         lp = torch.log_softmax(h.to(W.device, torch.float32) @ W.float().T, dim=-1).cpu()
-        tok = lp.gather(-1, generated.cpu()[..., None])[..., 0]  # (R, T)
-        keep = torch.arange(generated.shape[1])[None, :] < lengths.cpu()[:, None]
-        return (tok * keep).sum(1) / keep.sum(1).clamp_min(1)
+        return lp.gather(-1, generated.cpu()[..., None])[..., 0]
+
+    @torch.no_grad()
+    def text_logprobs(self, generated: torch.Tensor) -> torch.Tensor:
+        """log p(generated[r, j] | generated[r, :j]) (R, T) under the language model alone: no image, no
+        prompt, the sequence opened by the tokenizer's BOS (or its first token scored from nothing: 0).
+        Fluency that does not know the image, so a correct attribute change is not penalised."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        ids = generated.cpu().clamp_min(0)
+        if bos is not None:
+            ids = torch.cat([torch.full((len(ids), 1), int(bos)), ids], dim=1)
+        logits = self.text_logits(ids.to(self.device)).float().cpu()
+        lp = torch.log_softmax(logits, dim=-1)
+        if bos is not None:
+            return lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+        out = torch.zeros(ids.shape, dtype=torch.float32)
+        out[:, 1:] = lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+        return out
+
+    def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(R, T) ids -> (R, T, vocab) next-token logits of the language model on text alone."""
+        raise NotImplementedError(f"{type(self).__name__} does not run its language model on text alone")
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Logit lens: (n, H) -> (n, vocab) = lm_head(final_norm(h)), computed in float32 on h's device."""

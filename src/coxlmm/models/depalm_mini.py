@@ -460,6 +460,11 @@ class DePALMMini(LMM):
         # position P-1+j holds the state whose next-token prediction is generated[:, j]
         return {l: captured[i][:, P - 1: P - 1 + T] for l, i in resolved.items()}
 
+    @torch.no_grad()
+    def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """SmolLM2 alone on text (no visual prefix, no prompt): (R, T, vocab)."""
+        return self.lm(input_ids=input_ids.to(self.device), use_cache=False).logits
+
     # --- logit lens -----------------------------------------------------------------------------
     def norm_module(self) -> nn.Module:
         return self.lm.model.norm

@@ -223,6 +223,12 @@ class HFVisionLM(LMM):
                 h.remove()
         return {l: states[i][:, P - 1: P - 1 + T] for l, i in idx.items()}
 
+    @torch.no_grad()
+    def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The model on text alone (no image inputs): (R, T, vocab)."""
+        ids = input_ids.to(self.device)
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+
     # --- logit lens -----------------------------------------------------------------------------
     def norm_module(self) -> nn.Module:
         return self._norm

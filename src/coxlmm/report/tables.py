@@ -314,15 +314,15 @@ class Table:
 GROUP = ["token", "method", "variant"]
 
 
-def representative(runs: pd.DataFrame) -> pd.DataFrame:
-    """The rows the paper tables show: per group, the highest layer, then K = 20 (the paper's) or the
-    largest K; every seed of those."""
+def representative(runs: pd.DataFrame, every_layer: bool = False) -> pd.DataFrame:
+    """The rows the paper tables show: per group, the highest layer (every layer with `every_layer`),
+    then K = 20 (the paper's) or the largest K; every seed of those."""
     if runs.empty:
         return runs
     out = []
     for _, g in runs.groupby(GROUP, sort=False, dropna=False):
         layer = g["layer"].max() if g["layer"].notna().any() else None
-        g = g[g["layer"] == layer] if layer is not None else g
+        g = g[g["layer"] == layer] if layer is not None and not every_layer else g
         ks = set(g["n_concepts"].dropna())
         k = 20 if 20 in ks else (max(ks) if ks else None)
         out.append(g[g["n_concepts"] == k] if k is not None else g)
@@ -340,6 +340,19 @@ def across_seeds(rows: pd.DataFrame, score: Score) -> tuple[float | None, float 
         return float(v.mean()), float(v.std(ddof=0))
     std = rows[score.spread].dropna().astype(float) if score.spread and score.spread in rows else pd.Series(dtype=float)
     return float(v.iloc[0]), float(std.iloc[0]) if len(std) else None
+
+
+def interval_mark(rows: pd.DataFrame, score: Score) -> str:
+    """" [lo, hi]" of a score with a CI when the group has one seed (its own interval), else ""."""
+    if not score.ci or score.key not in rows or rows[score.key].notna().sum() != 1:
+        return ""
+    lo_key, hi_key = score.ci
+    if lo_key not in rows or hi_key not in rows:
+        return ""
+    lo, hi = rows[lo_key].dropna(), rows[hi_key].dropna()
+    if not len(lo) or not len(hi) or not (_finite(lo.iloc[0]) and _finite(hi.iloc[0])):
+        return ""
+    return f" [{float(lo.iloc[0]):+.{score.digits}f}, {float(hi.iloc[0]):+.{score.digits}f}]"
 
 
 def _ordered(values: Sequence[Any]) -> list[Any]:
@@ -415,8 +428,12 @@ def pivot_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, compar
 
 
 def rows_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, x: str | None = None) -> Table:
-    """One row per (method, token[, x][, row]); a column per score label."""
-    rows = runs if x else representative(runs)
+    """One row per (method, token[, x][, row]); a column per score label (x: a swept axis, or the layer of
+    a `by_layer` table)."""
+    if spec.by_layer and x is None:
+        rows, x = representative(runs, every_layer=True), "layer"
+    else:
+        rows = runs if x else representative(runs)
     keys = GROUP + ([x] if x else [])
     cells: list[Cell] = []
     digits = {}
@@ -430,7 +447,8 @@ def rows_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, x: str 
             for s in (s for s in scores if (s.row or "all") == label):
                 mean, std = across_seeds(g, s)
                 if mean is not None:
-                    cells.append((head + ((label,) if with_rows else ()), s.label, mean, std, ""))
+                    mark = interval_mark(g, s)
+                    cells.append((head + ((label,) if with_rows else ()), s.label, mean, None if mark else std, mark))
                     digits[s.label] = s.digits
     index = ["method", "token"] + ([{"n_concepts": "K"}.get(x, x)] if x else []) + (["row"] if with_rows else [])
     return _build(spec.name, spec.title, cells, index, spec.note, digits)
