@@ -83,7 +83,7 @@ class PathsConfig:
 
 @dataclass
 class Config:
-    token: str = "circle"
+    token: Any = "circle"  # the target word t, or a list of words: one dictionary over all their states
     layers: list[Any] = field(default_factory=lambda: [-1])  # ints (negative from the end) or "norm"
     seed: int = 0
     device: str = "${device_of:${trainer.accelerator}}"  # dictionaries and scorers: cpu | cuda

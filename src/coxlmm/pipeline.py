@@ -78,7 +78,7 @@ def check_saved_dictionary(cfg: DictConfig, spec, layers: list[int]) -> None:
     if not cfg.dictionary_path:
         return
     prov = read_provenance(cfg.dictionary_path)
-    want = provenance(spec, layers[0], cfg.token)
+    want = provenance(spec, layers[0], token_name(cfg.token))
     if len(layers) != 1:
         raise CoxlmmError(f"dictionary_path={cfg.dictionary_path!r} is one layer's dictionary: run it with one layer "
                           f"(layers=[{prov.get('layer', -1)}]), not {list(cfg.layers)}.")
@@ -122,13 +122,31 @@ def fitter(cfg: DictConfig):
     return fit
 
 
+def token_list(token: Any) -> list[str]:
+    """`token` as a list of distinct words: one word (`token=dog`) or several (`token=[circle,triangle]`:
+    one dictionary over the states that predict any of them)."""
+    words = [token] if isinstance(token, str) else list(token or [])
+    if not words or not all(isinstance(w, str) and w.strip() for w in words):
+        raise CoxlmmError(f"token={token!r} is invalid: give a word (token=dog) or a list of words "
+                          "(token=[circle,triangle]).")
+    return list(dict.fromkeys(w.strip() for w in words))
+
+
+def token_name(token: Any) -> str:
+    """The run's target as one string: the word, or the words joined by '+'."""
+    return "+".join(token_list(token))
+
+
 # --- model stages ------------------------------------------------------------------------------------------
 @dataclass
 class Stores:
-    train: FeatureStore
-    test: FeatureStore | None
-    noise_train: list[FeatureStore]  # one entry per noise seed, when a metric requested it
-    noise_test: list[FeatureStore]
+    """The run's store entries, one per target word (the union's parts) and noise seed."""
+
+    words: list[str]
+    train: list[FeatureStore]
+    test: list[FeatureStore]  # [] without test features
+    noise_train: list[list[FeatureStore]]  # per noise seed, one per word, when a metric requested it
+    noise_test: list[list[FeatureStore]]
 
 
 def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, test_ds, requests: set
@@ -139,22 +157,26 @@ def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, 
 
     root = str(Path(cfg.paths.cache_dir) / "features")
     wait = cfg.extraction.progress_every_s
-    train = extract(spec, train_ds, cfg.token, layers, settings(cfg, "train"), root, cfg.trainer, wait)
-    test = None
+    words = token_list(cfg.token)
+    train = [extract(spec, train_ds, w, layers, settings(cfg, "train"), root, cfg.trainer, wait) for w in words]
+    test = []
     if test_ds is not None:
         try:
-            test = extract(spec, test_ds, cfg.token, layers, settings(cfg, "test"), root, cfg.trainer, wait)
+            test = [extract(spec, test_ds, w, layers, settings(cfg, "test"), root, cfg.trainer, wait) for w in words]
         except CoxlmmError as e:
             log.warning("no test features (%s); test metrics are skipped", e)
+            test = []
     noise = dict(images=cfg.noise.images, trainer=cfg.trainer, wait_report_s=wait)
     seeds = list(cfg.noise.seeds)
-    noise_train = [extract_noise(spec, train, train_ds, settings(cfg, "train"), root, seed=s, **noise)
-                   for s in seeds] if NOISE_TRAIN in requests else []
-    noise_test = [extract_noise(spec, test, test_ds, settings(cfg, "test"), root, seed=s, **noise)
-                  for s in seeds] if NOISE_TEST in requests and test is not None else []
+
+    def noise_of(parents: list[FeatureStore], ds, split: str) -> list[list[FeatureStore]]:
+        return [[extract_noise(spec, p, ds, settings(cfg, split), root, seed=s, **noise) for p in parents] for s in seeds]
+
+    noise_train = noise_of(train, train_ds, "train") if NOISE_TRAIN in requests else []
+    noise_test = noise_of(test, test_ds, "test") if NOISE_TEST in requests and test else []
     if rank_zero_only.rank != 0:
         return None
-    return Stores(train, test, noise_train, noise_test)
+    return Stores(words, train, test, noise_train, noise_test)
 
 
 # --- tensor stages -----------------------------------------------------------------------------------------
@@ -168,19 +190,29 @@ class Features:
     noise: dict[int, tuple[torch.Tensor, ...]] = None  # layer -> one (M, B) per noise seed
 
     @classmethod
-    def read(cls, dataset, store: FeatureStore, layers: list[int], noise: list[FeatureStore] = (),
-             tokenizer: Any = None, token: str | None = None) -> "Features":
-        Z, records = store.load(layers)
-        draws: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-        for entry in noise:
-            Zn, noise_records = entry.load(layers)
-            if [r["index"] for r in noise_records] != [r["index"] for r in records]:
-                raise CoxlmmError(f"the noise source {entry.dir} does not hold the samples of {store.dir}: delete it.")
+    def read(cls, dataset, stores: list[FeatureStore], words: list[str], layers: list[int],
+             noise: list[list[FeatureStore]] = (), tokenizer: Any = None) -> "Features":
+        """The rows of every word's entry, in word order (each record gets its `word`; with several words
+        its id becomes `<id>:<word>`, since an image can hold two target shapes); the noise draws alike."""
+        Zs: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+        records: list[dict[str, Any]] = []
+        draws: dict[int, list[list[torch.Tensor]]] = {l: [[] for _ in noise] for l in layers}
+        for w, (store, word) in enumerate(zip(stores, words)):
+            Z, recs = store.load(layers)
             for l in layers:
-                draws[l].append(Zn[l].float())
-        if tokenizer is not None and token is not None:
-            records = reannotate(dataset, records, tokenizer, token)
-        return cls(dataset, {l: z.float() for l, z in Z.items()}, records, {l: tuple(d) for l, d in draws.items()})
+                Zs[l].append(Z[l].float())
+            for s, per_word in enumerate(noise):
+                Zn, noise_records = per_word[w].load(layers)
+                if [r["index"] for r in noise_records] != [r["index"] for r in recs]:
+                    raise CoxlmmError(f"the noise source {per_word[w].dir} does not hold the samples of {store.dir}: "
+                                      "delete it.")
+                for l in layers:
+                    draws[l][s].append(Zn[l].float())
+            if tokenizer is not None:
+                recs = reannotate(dataset, recs, tokenizer, word)
+            records += [{**r, "word": word, **({"id": f"{r['id']}:{word}"} if len(words) > 1 else {})} for r in recs]
+        return cls(dataset, {l: torch.cat(z) for l, z in Zs.items()}, records,
+                   {l: tuple(torch.cat(d) for d in per_seed) for l, per_seed in draws.items()})
 
     def split(self, layer: int, V: torch.Tensor) -> Split:
         return Split(self.Z[layer], V, self.records, self.dataset, self.noise.get(layer, ()) if self.noise else ())
@@ -284,14 +316,15 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
     top_rows = top_samples(V_train, g.n_mas)
     concepts = ConceptSet(U=dictionary.U, V=V_train, words=ground(dictionary.U),
                           top_samples=[[train.records[i]["id"] for i in rows] for rows in top_rows],
-                          top_indices=top_rows, method=dictionary.name, layer=layer, token=cfg.token,
+                          top_indices=top_rows, method=dictionary.name, layer=layer, token=token_name(cfg.token),
                           extra={"n_top": g.n_top, "n_words": g.n_words, "n_mas": g.n_mas,
                                  "layer_name": layer_name(layer, num_layers),
                                  "method_display": getattr(dictionary, "display_name", dictionary.name)})
     inp = EvalInput(train=train.split(layer, V_train), test=test.split(layer, V_test) if test is not None else None,
                     dictionary=dictionary, concepts=concepts,
                     services=Services(lens=lens, ground=ground, refit=refit, scorer=scorer),
-                    token=cfg.token, layer=layer, seed=cfg.seed, factors=factors, n_top=g.n_top, n_words=g.n_words)
+                    token=token_name(cfg.token), layer=layer, seed=cfg.seed, factors=factors, n_top=g.n_top,
+                    n_words=g.n_words)
     result = MetricResult()
     for name, metric in metrics.items():
         t1 = time.perf_counter()
@@ -329,7 +362,7 @@ def write_layer_files(cfg: DictConfig, out_dir: Path, spec, layer: int, dictiona
         if scores:
             c["scores"] = scores
     (out_dir / "concepts.json").write_text(json.dumps(doc, indent=1, default=_json_default))
-    save_dictionary(dictionary, out_dir / "dictionary.safetensors", provenance(spec, layer, cfg.token))
+    save_dictionary(dictionary, out_dir / "dictionary.safetensors", provenance(spec, layer, token_name(cfg.token)))
     if result.samples:
         tensors = {name: torch.tensor(np.asarray(values, dtype=np.float64))
                    for name, (_, values) in result.samples.items()}
@@ -345,10 +378,13 @@ def fill_requests(cfg: DictConfig, spec, stores: Stores | None, test: Features |
                   ) -> dict[Any, Any]:
     """Run the model stages a metric's plan asks for (each request knows its stage, cached in the store;
     the model is loaded only when a result is missing) and return {request: result}."""
-    if not requests or stores is None or stores.test is None or test is None:
+    if not requests or stores is None or not stores.test or test is None:
         return {}
+    if len(stores.test) > 1:
+        raise CoxlmmError(f"the model stages of a metric's plan (the causal checks) run on one target word; this run has "
+                          f"token={stores.words}: run them with one token (token={stores.words[0]}).")
     root = str(Path(cfg.paths.cache_dir) / "features")
-    context = dict(model=spec, parent=stores.test, dataset=test.dataset, layer=layer, root=root,
+    context = dict(model=spec, parent=stores.test[0], dataset=test.dataset, layer=layer, root=root,
                    settings=settings(cfg, "test"), trainer=cfg.trainer)
     out = {}
     for request in requests:
@@ -413,6 +449,7 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     check_extraction(cfg.extraction)
     check_noise(cfg.noise)
+    token_list(cfg.token)
     spec = ModelSpec(cfg.model)
     layers = resolve_layers(spec, list(cfg.layers))
     check_saved_dictionary(cfg, spec, layers)
@@ -439,9 +476,9 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
 
     t1 = time.perf_counter()
     tokenizer = readout.at(layers[0]).tokenizer
-    train = Features.read(train_ds, stores.train, layers, stores.noise_train, tokenizer, cfg.token)
-    test = Features.read(test_ds, stores.test, layers, stores.noise_test, tokenizer, cfg.token) \
-        if stores.test is not None else None
+    train = Features.read(train_ds, stores.train, stores.words, layers, stores.noise_train, tokenizer)
+    test = Features.read(test_ds, stores.test, stores.words, layers, stores.noise_test, tokenizer) \
+        if stores.test else None
     scorer = build(cfg.scorer) if cfg.scorer else None
     if getattr(scorer, "clip", None) is not None:  # every job of a sweep embeds an image once (scorers/cache.py)
         scorer.clip = CachedImages(scorer.clip, Path(cfg.paths.cache_dir) / "scorer")
@@ -483,9 +520,12 @@ def check_metrics(metrics: dict[str, Any]) -> None:
 
 def stores_summary(stores: Stores) -> dict[str, dict[str, Any]]:
     """Per filled entry: counts and time from its manifest (what the loggers record of the model stages)."""
-    entries = {"train": stores.train, "test": stores.test}
-    entries |= {f"noise_train_{i}": e for i, e in enumerate(stores.noise_train)}
-    entries |= {f"noise_test_{i}": e for i, e in enumerate(stores.noise_test)}
+    tag = (lambda w: "") if len(stores.words) == 1 else (lambda w: f"_{w}")
+    entries = {f"train{tag(w)}": e for w, e in zip(stores.words, stores.train)}
+    entries |= {f"test{tag(w)}": e for w, e in zip(stores.words, stores.test)}
+    for split in ("noise_train", "noise_test"):
+        for i, per_word in enumerate(getattr(stores, split)):
+            entries |= {f"{split}_{i}{tag(w)}": e for w, e in zip(stores.words, per_word)}
     out = {}
     for name, store in entries.items():
         if store is None:

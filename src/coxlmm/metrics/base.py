@@ -69,6 +69,10 @@ class Split:
     def ids(self) -> list[str]:
         return [str(r["id"]) for r in self.records]
 
+    def words(self, default: str) -> list[str]:
+        """Each sample's target word (a run over several words records it per sample; else `default`)."""
+        return [str(r.get("word") or default) for r in self.records]
+
     @property
     def indices(self) -> list[int]:
         return [int(r["index"]) for r in self.records]

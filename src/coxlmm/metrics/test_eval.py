@@ -216,7 +216,7 @@ class TestSampleScores(Metric):
                                   keep=keep_words(inp.factors))
             draws["rnd_words"] = pool.draw([len(w) or inp.n_words for w in columns["top1"]], R, rng)
         if "token_only" in self.nulls:
-            columns["token_only"] = [[inp.token.casefold()]] * M
+            columns["token_only"] = [[w.casefold()] for w in test.words(inp.token)]
         if "rnd_concept" in self.nulls:
             draws["rnd_concept"] = [[words[int(k)] for k in other_concepts(t[0] if t else None, K, R, rng)] for t in top]
         noise_words, noise_no_concept = None, None

@@ -218,7 +218,8 @@ def job_rows(job: str, config: dict[str, Any], choices: dict[str, Any], metrics:
                       str(method_cfg.get("_target_", "?")).rsplit(".", 1)[-1].lower())
     ids = {"job": job, "method": name,
            "method_display": _first_str(method_cfg.get("display_name"), extra.get("method_display"), name),
-           "token": config.get("token"), "n_concepts": _int(method_cfg.get("n_concepts")),
+           "token": "+".join(map(str, config["token"])) if isinstance(config.get("token"), list) else config.get("token"),
+           "n_concepts": _int(method_cfg.get("n_concepts")),
            "seed": _int(config.get("seed")), "model": choices.get("model"), "data": choices.get("data")}
     per_layer: dict[str, dict[str, Any]] = {}
     shared: dict[str, Any] = {}
