@@ -380,7 +380,7 @@ def find_language_model(model: nn.Module) -> nn.Module:
         candidates = []
     candidates += [_get_path(model, p) for p in _LM_PATHS]
     for m in candidates:
-        for stack in (m, getattr(m, "model", None)):  # one level deeper for a CausalLM wrapper
+        for stack in (m, _get_path(m, "model"), _get_path(m, "decoder"), _get_path(m, "model.decoder")):
             if isinstance(getattr(stack, "layers", None), nn.ModuleList) and len(stack.layers) > 0:
                 return stack
     raise CoxlmmError(
