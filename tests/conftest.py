@@ -36,7 +36,11 @@ def _cache_root(config: pytest.Config) -> Path:
     h = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
     for name in ("tiny_models.py", "tiny_archs.py"):
         h.update((FIXTURES / name).read_bytes())
-    return Path(config.cache.mkdir("tiny_models")) / h.hexdigest()[:16]
+    root = Path(config.cache.mkdir("tiny_models"))
+    for old in root.iterdir():  # checkpoints of older fixture sources: never read again
+        if old.name != h.hexdigest()[:16]:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / h.hexdigest()[:16]
 
 
 class TinyCheckpoints:

@@ -481,13 +481,13 @@ def find_language_model(model: nn.Module) -> nn.Module:
         for stack in (m, _get_path(m, "model"), _get_path(m, "decoder"), _get_path(m, "model.decoder")):
             if isinstance(getattr(stack, "layers", None), nn.ModuleList) and len(stack.layers) > 0:
                 return stack
-    looked = sorted({type(s).__name__ for m in candidates if m is not None
-                     for s in (m, _get_path(m, "model"), _get_path(m, "decoder"), _get_path(m, "model.decoder"))
-                     if s is not None})
+    looked = [type(model).__name__] + sorted({type(s).__name__ for m in candidates if m is not None and m is not model
+                                              for s in (m, _get_path(m, "model"), _get_path(m, "decoder"),
+                                                        _get_path(m, "model.decoder")) if s is not None})
     raise CoxlmmError(
         f"cannot find the language model's decoder blocks in {type(model).__name__}: looked for a `layers` "
         f"ModuleList on get_decoder() and on {', '.join(_LM_PATHS)} (and their .model, .decoder, .model.decoder), "
-        f"i.e. on the modules {', '.join(looked) or '(none found)'}. To add a rule, put the attribute path of the "
+        f"i.e. on the modules {', '.join(looked)}. To add a rule, put the attribute path of the "
         "module that holds the decoder blocks in coxlmm.models.hf._LM_PATHS (its blocks must be a `layers` "
         "ModuleList; coxlmm-doctor then checks the hooks)."
     )
