@@ -123,12 +123,17 @@ def diagnose(lmm, samples: list, token: str, max_new_tokens: int = 50,
                             "check model.prompt / model.raw_prompt and that the processor takes an image and this text"))
         return checks + [modules]
     seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()  # again, warm and without hooks: the extraction's time per image
+    with torch.inference_mode():
+        lmm.generate(inputs, max_new_tokens=max_new_tokens)
+    warm = time.perf_counter() - t0
     seqs, lengths = out.sequences.cpu(), out.lengths.cpu()
     tok = lmm.tokenizer
     captions = [tok.decode(seqs[b, : int(lengths[b])].tolist(), skip_special_tokens=True).strip()
                 for b in range(len(images))]
     prompt = getattr(lmm, "prompt_text", lmm.prompt)
-    detail = (f"{len(images)} images in {seconds:.1f} s; prompt {_short(prompt)}; first caption {_short(captions[0])}")
+    detail = (f"{len(images)} images in {seconds:.1f} s (again: {warm:.1f} s); prompt {_short(prompt)}; first caption "
+              f"{_short(captions[0])}")
     if not any(captions):
         checks.append(Check("generate", FAIL, detail, "every caption is empty: check the prompt (model.prompt, or "
                             "model.raw_prompt with \\n for a newline) and the checkpoint's chat template"))
@@ -197,7 +202,7 @@ def diagnose(lmm, samples: list, token: str, max_new_tokens: int = 50,
     # estimate ------------------------------------------------------------------------------------------------
     if estimate is not None:
         hits = sum(find_target(tok, seqs[b, : int(lengths[b])].tolist(), token) is not None for b in range(len(images)))
-        checks.append(_estimate(lmm, seconds / max(len(images), 1), hits / max(len(images), 1), len(images), **estimate))
+        checks.append(_estimate(lmm, warm / max(len(images), 1), hits / max(len(images), 1), len(images), **estimate))
     return checks
 
 

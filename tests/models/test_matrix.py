@@ -58,9 +58,10 @@ def test_the_doctor_passes(arch, samples):
                                                                      "target", "image")}, report(checks)
 
 
-def test_log_p_t_equals_the_models_own_logits(arch, samples):
+def test_log_p_t_equals_the_models_own_logits(arch, samples, tmp_path):
     """coxlmm's log p(t) three ways (the causal stage's edited forward with the clean state, the LMM's head on
-    the norm layer, the cached readout at the last block) against the logits `generate` itself returned."""
+    the norm layer, the readout saved to and read from the cache at the last block) against the logits
+    `generate` itself returned."""
     from coxlmm.extraction.capture import generate_with_states
     from coxlmm.models.readout import Readout
 
@@ -79,7 +80,8 @@ def test_log_p_t_equals_the_models_own_logits(arch, samples):
     _, states = generate_with_states(lmm, lmm._to_model(inputs), [L - 1, L], len(card.caption_ids))
     causal = lmm.target_logprobs(images, [card.caption_ids[:j]] * 2, L, states[L][:, j])[:, t]
     head = torch.log_softmax(lmm.head(states[L][:, j]), -1)[:, t]
-    readout = Readout.from_lmm(lmm)
+    Readout.from_lmm(lmm).save(tmp_path / "readout")
+    readout = Readout.load(tmp_path / "readout")
     lens = torch.log_softmax(readout.unembed(states[L - 1][:, j], L - 1), -1)[:, t]
     for got in (causal, head, lens):
         torch.testing.assert_close(got.cpu(), want.cpu(), atol=1e-4, rtol=0)

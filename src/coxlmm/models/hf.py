@@ -145,6 +145,10 @@ class HFVisionLM(LMM):
             raise CoxlmmError(f"{source}: found {len(self._lm.layers)} decoder blocks but the text config says "
                               f"{self.num_layers}; the layer resolver picked the wrong module.")
         self._norm = _final_norm(self._lm, source)
+        if self.W_U.shape[1] != self.hidden_size:  # e.g. OPT-350m's project_out between the final norm and the head
+            raise CoxlmmError(f"{source}: its LM head reads vectors of size {self.W_U.shape[1]} but the residual stream "
+                              f"has {self.hidden_size}: a projection between the final norm and the head, which the "
+                              "logit lens does not model. Use a model whose head reads the residual stream.")
 
         self.prompt_text: str = raw_prompt if raw_prompt is not None else self._chat_prompt(prompt, source)
         # Like the processor's own tokenize=True path: a template that writes BOS gets no second one.
