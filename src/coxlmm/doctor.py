@@ -26,7 +26,6 @@ Nothing is written: no run directory, no feature store.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import sys
 import time

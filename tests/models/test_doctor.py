@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,6 @@ from coxlmm.doctor import FAIL, PASS, WARN, diagnose, main, report
 from coxlmm.models.hf import HFVisionLM
 from tests.extraction.conftest import make_folder_dataset
 from tests.fixtures.tiny_models import load_card
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coxlmm.doctor import FAIL, PASS, diagnose, report
+from coxlmm.doctor import PASS, diagnose, report
 from coxlmm.models.hf import HFVisionLM
 from tests.extraction.conftest import make_folder_dataset
 from tests.fixtures.tiny_archs import ARCHS
