@@ -65,6 +65,7 @@ bench: install
 	$(PY) bench/extraction_throughput.py
 	$(PY) bench/semi_nmf_vs_sklearn.py
 	$(PY) bench/depalm_probe.py
+	$(PY) bench/weights_fingerprint.py --reference-gb 2
 
 # The peer libraries are a bench extra, never runtime dependencies: overcomplete's declared requirements
 # (torchvision, timm, opencv) fight the torch pin, so it goes in with --no-deps (docs/methods.md).

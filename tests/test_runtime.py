@@ -28,14 +28,24 @@ TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def coxlmm(*overrides, timeout=300, multirun=False):
+def coxlmm(*overrides, timeout=300, multirun=False, env=None):
     cmd = [sys.executable, "-m", "coxlmm", *(["-m"] if multirun else []), *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env or ENV)
+
+
+# Loaded first by a job's interpreter (sitecustomize): any attempt to load a model's weights fails. The
+# weights themselves cannot be spoilt to prove it, since their fingerprint is in the features' key.
+REFUSE_WEIGHTS = """
+import transformers.modeling_utils as mu
+def _refuse(cls, *args, **kwargs):
+    raise RuntimeError("this job loaded model weights")
+mu.PreTrainedModel.from_pretrained = classmethod(_refuse)
+"""
 
 
 @pytest.fixture(scope="module")
 def model_copy(tiny_llava_path, tmp_path_factory):
-    """A private copy of the tiny LLaVA (a test replaces its weights)."""
+    """A private copy of the tiny LLaVA."""
     dst = tmp_path_factory.mktemp("model") / "tiny_llava"
     shutil.copytree(tiny_llava_path, dst)
     return dst
@@ -57,10 +67,13 @@ def test_a_sweep_over_cached_features_loads_no_weights(model_copy, tmp_path):
     args = base_args(model_copy, data, tmp_path / "cache")
     before = coxlmm(*args, "method=pca", "layers=[0]", f"hydra.run.dir={tmp_path / 'before'}", "logger=none")
     assert before.returncode == 0, before.stderr[-3000:]
-    (model_copy / "model.safetensors").write_bytes(b"garbage: any load of these weights fails")
+    refuse = tmp_path / "refuse_weights"
+    refuse.mkdir()
+    (refuse / "sitecustomize.py").write_text(REFUSE_WEIGHTS)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in (str(refuse), ENV.get("PYTHONPATH")) if p)}
     sweep = tmp_path / "sweep"
     out = coxlmm(*args, "method=semi_nmf,pca", "method.n_concepts=2,3", "layers=[0],[-1]", "logger=none",
-                 f"hydra.sweep.dir={sweep}", multirun=True)
+                 f"hydra.sweep.dir={sweep}", multirun=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = [p.parent for p in sweep.rglob("metrics.json")]
     assert len(jobs) == 8

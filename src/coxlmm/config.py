@@ -75,6 +75,13 @@ class GroundingConfig:
 
 
 @dataclass
+class DoctorConfig:
+    """`coxlmm-doctor` (src/coxlmm/doctor.py): checks a model on a few images before a long run."""
+
+    n_images: int = 8  # training images it runs on (those whose reference captions hold the token first)
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "${hydra:runtime.cwd}"
     output_dir: str = "${hydra:runtime.output_dir}"
@@ -102,6 +109,7 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     dictionary_path: Optional[str] = None  # a run's dictionary.safetensors to use instead of fitting `method`
     figures: bool = True
     report: bool = True

@@ -241,3 +241,76 @@ def test_processor_without_chat_template_asks_for_a_raw_prompt(tiny_llava_path, 
         HFVisionLM(name_or_path=str(plain))
     lmm = HFVisionLM(name_or_path=str(plain), raw_prompt="USER: <image>\nCaption. ASSISTANT:")
     assert lmm.generate(lmm.prepare(_images()[:1]), 2).sequences.shape[0] == 1
+
+
+# --- bad input (issue 20) ----------------------------------------------------------------------------
+TEXT_ONLY_TEMPLATE = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+
+
+def test_a_text_only_chat_template_asks_for_a_raw_prompt_and_writes_nothing(tiny_llava_path, tmp_path):
+    """A template that concatenates the message content as a string fails inside jinja with a TypeError on an
+    image turn: the user gets the model.raw_prompt hint, and no run writes anything to the feature store."""
+    from omegaconf import OmegaConf
+
+    from coxlmm.pipeline import run
+    from tests.extraction.conftest import make_folder_dataset
+
+    text_only = tmp_path / "text_only"
+    shutil.copytree(tiny_llava_path, text_only)
+    (text_only / "chat_template.jinja").write_text(TEXT_ONLY_TEMPLATE)
+    with pytest.raises(CoxlmmError, match=r"TypeError.*model\.raw_prompt"):
+        HFVisionLM(name_or_path=str(text_only))
+
+    from hydra import compose, initialize_config_dir
+
+    from coxlmm.config import register_configs
+
+    register_configs()
+    data = make_folder_dataset(tmp_path / "data", n_train=4, n_test=2)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "model=hf", f"model.name_or_path={text_only}", "data=folder", f"data.root={data}", "token=dog",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}", f"paths.root_dir={tmp_path}",
+            "logger=none", "figures=false", "report=false", "print_summary=false"])
+    OmegaConf.set_struct(cfg, False)
+    with pytest.raises(CoxlmmError, match="model.raw_prompt"):
+        run(cfg)
+    store = tmp_path / "cache" / "features"
+    assert not list(store.glob("*/manifest.json")) and not list(store.glob("*/shard-*"))
+
+
+def test_a_newline_typed_in_a_raw_prompt_is_a_newline(tiny_llava_path):
+    typed = r"USER: <image>\nWhat is it? ASSISTANT:"  # as the shell and Hydra pass model.raw_prompt='...\n...'
+    lmm = HFVisionLM(name_or_path=tiny_llava_path, raw_prompt=typed)
+    assert lmm.prompt_text == "USER: <image>\nWhat is it? ASSISTANT:"
+    assert HFVisionLM.describe(name_or_path=tiny_llava_path, raw_prompt=typed)["key"]["raw_prompt"] == lmm.prompt_text
+    assert HFVisionLM(name_or_path=tiny_llava_path, raw_prompt=r"a \\n b").prompt_text == r"a \n b"  # \\ escapes
+    out = lmm.generate(lmm.prepare(_images()[:1]), MAX_NEW_TOKENS)
+    assert out.sequences[0, : len(load_card(tiny_llava_path).caption_ids)].tolist() == load_card(tiny_llava_path).caption_ids
+
+
+def test_an_encoder_decoder_is_refused_saying_why(tmp_path):
+    from transformers import Florence2Config
+
+    Florence2Config().save_pretrained(tmp_path)
+    for load in (HFVisionLM.describe, HFVisionLM):
+        with pytest.raises(CoxlmmError, match="is an encoder-decoder: .*decoder-only"):
+            load(name_or_path=str(tmp_path))
+
+
+def test_no_decoder_blocks_names_the_classes_looked_at_and_how_to_add_a_rule():
+    with pytest.raises(CoxlmmError, match=r"on the modules Linear.*_LM_PATHS"):
+        find_language_model(nn.Linear(2, 2))
+
+
+def test_the_declared_head_is_kept_only_when_the_forward_applies_it():
+    """`fit_logit_head`: Gemma 3's config names a cap its conditional-generation forward does not apply (the
+    identity wins); a forward that scales (Aya Vision) or caps gets the declared head back."""
+    from coxlmm.models.base import LogitHead, fit_logit_head
+
+    z = torch.linspace(-40, 40, 101)[None]
+    cap, scale = LogitHead(softcap=30.0), LogitHead(scale=0.5)
+    assert fit_logit_head(z, z, cap, 1e-4) == LogitHead()
+    assert fit_logit_head(z, cap(z), cap, 1e-4) == cap
+    assert fit_logit_head(z, 0.5 * z, LogitHead(), 1e-4) == scale  # a scale the config did not name, measured
+    assert fit_logit_head(z, z.abs(), cap, 1e-4) is None

@@ -4,8 +4,12 @@ Layer convention: layer l in [0, num_layers) is the residual stream *output of d
 before the LM's final norm; negative l counts from the end (-1 = last block). One more layer,
 `norm` (= index num_layers), is the output of the final norm after the last block: the features the
 CoX-LMM reference code decomposes for LLaVA (`language_model.model.norm`). `unembed` applies the
-final norm and the LM head, so `unembed(Z)` is the logit lens at any block; on `norm` features the
-lens is the LM head alone (`readout.Readout.unembed(h, layer)` knows the difference).
+final norm and the model's output head, so `unembed(Z)` is the logit lens at any block; on `norm`
+features the lens is the head alone (`readout.Readout.unembed(h, layer)` knows the difference).
+
+The output head is the model's own: W_U followed by whatever its forward does to lm_head's output
+before returning the logits (`LogitHead`: Cohere's and Aya Vision's `logit_scale`, Gemma 2/3's final
+soft-capping, Granite's `logits_scaling`), so coxlmm's log p(t) is the model's log p(t).
 
 Generation is greedy. During `generate`, the extraction registers forward hooks on
 `decoder_layers()[l]` that keep only the last position of each forward call: the prefill call's
@@ -101,6 +105,42 @@ def _add_delta(deltas: torch.Tensor, positions: str):
     return hook
 
 
+@dataclass(frozen=True)
+class LogitHead:
+    """What a model's forward does to lm_head's output z = W_U · norm(h) before it returns the logits:
+
+        logits = c · tanh(s · z / c)    (softcap c: Gemma 2 and 3's final_logit_softcapping)
+        logits = s · z                  (no softcap; s: Cohere's logit_scale, 1 / Granite's logits_scaling)
+
+    Both are monotonic, so the lens's top tokens do not depend on them; log-probabilities do."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "softcap": self.softcap}
+
+
+def fit_logit_head(z: torch.Tensor, y: torch.Tensor, declared: LogitHead, rtol: float) -> LogitHead | None:
+    """The `LogitHead` that maps lm_head's output z (n, vocab) to the logits y (n, vocab) the model returned:
+    the declared one (its config's constants) if it reproduces y, else the identity, else a fitted scale
+    s = <z, y> / <z, z>; None when none does (within rtol of max |y|)."""
+    z, y = z.float(), y.float()
+    tol = rtol * float(y.abs().max().clamp_min(1.0))
+    s = float((z * y).sum() / (z * z).sum().clamp_min(1e-30))
+    for head in (declared, LogitHead(), LogitHead(scale=s)):
+        if float((head(z) - y).abs().max()) <= tol:
+            return head
+    return None
+
+
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # (batch, T) generated ids only (no prompt); padded after EOS with pad id
@@ -122,6 +162,7 @@ class LMM(nn.Module, abc.ABC):
     prompt: str
     num_layers: int
     hidden_size: int
+    logit_head: LogitHead = LogitHead()  # what the model's forward applies after W_U (identity by default)
 
     # --- inputs -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -140,6 +181,12 @@ class LMM(nn.Module, abc.ABC):
     @abc.abstractmethod
     def norm_module(self) -> nn.Module:
         """The LM's final norm (hook point of the `norm` layer, and the logit lens's norm)."""
+
+    def logits_modules(self) -> list[nn.Module]:
+        """Modules whose forward returns the model's own logits (`.logits`, (B, S, vocab)), outermost first: during
+        generation, the first that runs once per generated token returns the logits the model decoded from
+        (what the doctor compares coxlmm's readout with). [] when not known (the check is skipped)."""
+        return []
 
     def hook_points(self) -> list[nn.Module]:
         """Module whose output is layer l, for l in [0, num_layers]: the blocks, then the final norm."""
@@ -163,6 +210,12 @@ class LMM(nn.Module, abc.ABC):
     @abc.abstractmethod
     def W_U(self) -> torch.Tensor:
         """Unembedding matrix (vocab, H)."""
+
+    def head(self, hn: torch.Tensor) -> torch.Tensor:
+        """The model's output head on final-normed states: (..., H) -> (..., vocab) float32 logits on W_U's
+        device, W_U then `logit_head` (the model's own transforms)."""
+        W = self.W_U
+        return self.logit_head(hn.to(W.device, torch.float32) @ W.float().T)
 
     # --- interventions (causal checks) -------------------------------------------------------------
     @torch.no_grad()
@@ -190,8 +243,7 @@ class LMM(nn.Module, abc.ABC):
         finally:
             handle.remove()
         h = out[torch.arange(R, device=out.device), pos.to(out.device)]  # (R, H), after the final norm
-        W = self.W_U
-        return torch.log_softmax(h.to(W.device, torch.float32) @ W.float().T, dim=-1).cpu()
+        return torch.log_softmax(self.head(h), dim=-1).cpu()
 
     @torch.no_grad()
     def steered_generate(self, images: list[Image.Image], deltas: torch.Tensor, layer: int, max_new_tokens: int,
@@ -222,8 +274,7 @@ class LMM(nn.Module, abc.ABC):
         finally:
             if handle is not None:
                 handle.remove()
-        W = self.W_U
-        lp = torch.log_softmax(h.to(W.device, torch.float32) @ W.float().T, dim=-1).cpu()
+        lp = torch.log_softmax(self.head(h), dim=-1).cpu()
         return lp.gather(-1, generated.cpu()[..., None])[..., 0]
 
     @torch.no_grad()
@@ -248,10 +299,9 @@ class LMM(nn.Module, abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not run its language model on text alone")
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
-        """Logit lens: (n, H) -> (n, vocab) = lm_head(final_norm(h)), computed in float32 on h's device."""
+        """Logit lens: (n, H) -> (n, vocab) = head(final_norm(h)), computed in float32, returned on h's device."""
         W = self.W_U
-        hn = self.final_norm(h.to(device=W.device, dtype=W.dtype))
-        return (hn.float() @ W.float().T).to(h.device)
+        return self.head(self.final_norm(h.to(device=W.device, dtype=W.dtype))).to(h.device)
 
     # --- identity -------------------------------------------------------------------------------
     def resolve_layer(self, layer: Any) -> int:

@@ -432,6 +432,9 @@ class DePALMMini(LMM):
     def decoder_layers(self) -> nn.ModuleList:
         return self.lm.model.layers
 
+    def logits_modules(self) -> list[nn.Module]:
+        return [self.lm]
+
     @torch.no_grad()
     def teacher_forced_states(self, inputs: dict[str, torch.Tensor], generated: torch.Tensor,
                               layers: list[int]) -> dict[int, torch.Tensor]:

@@ -12,21 +12,35 @@ replaced at load time by one that keeps only its special-token ids: hub configs 
 and repetition-penalty settings, and a repetition penalty would make the generated token differ
 from the argmax of the logits, breaking the logit lens at the extracted position.
 
+Decoder-only models only: coxlmm reads the residual stream of the language model that generates the
+caption, at the generated positions. An encoder-decoder (Florence-2, T5Gemma 2, Pix2Struct...)
+generates with a decoder that cross-attends to an encoder's states; it is refused at once, saying so.
+
 Decoder layers are found by one resolver (`find_language_model`): start from the model's
 `get_decoder()` (transformers 5 returns the text decoder for VLM wrappers), then the usual
 attributes (`model.language_model`, `model.model.language_model`, `model.text_model`, ...), and take
-the first candidate with a `layers` ModuleList, looking one `.model` deeper for CausalLM wrappers.
-Its final norm is the first of `norm`, `final_layer_norm`, `final_layernorm`, `ln_f`.
+the first candidate with a `layers` ModuleList, looking one or two levels deeper (`.model`,
+`.decoder`, `.model.decoder`: CausalLM wrappers, BLIP-2's OPT). Its final norm is the first of
+`norm`, `final_layer_norm`, `final_layernorm`, `ln_f`. The output head is `get_output_embeddings()`
+followed by the transforms the model's forward applies to its output, read from the text config
+(`logit_head`: `logit_scale`, `logits_scaling`, `final_logit_softcapping`), kept only if one short
+forward at load confirms it (`_measure_logit_head`); `coxlmm-doctor` checks on the user's images that
+coxlmm's log-probabilities equal the model's own.
 
-Tested here on tiny random checkpoints of LLaVA (Llama text model), Qwen2-VL (mrope positions,
-variable image grids) and Idefics3/SmolVLM (image splitting, pixel_attention_mask) with
-transformers 5.24; PaliGemma, Gemma 3 and others resolve through the same path but are untested.
+Per-token inputs (attention mask, token types, Mllama's cross-attention mask) are extended over the
+generated tokens by the model's own generation rule (`_update_model_kwargs_for_generation`), so the
+teacher-forced forward sees what `generate` saw: PaliGemma's generated tokens join the causal suffix
+(token type 1), Mllama's attend to the image as the last prompt token does.
+
+Tested on tiny random checkpoints of 17 architectures (tests/fixtures/tiny_archs.py; the README lists
+them and the ones that do not build here) with transformers 5.25.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import re
 from pathlib import Path
@@ -39,14 +53,15 @@ from torch import nn
 from transformers import GenerationConfig
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.models.base import LMM, GenerationOutput
+from coxlmm.models.base import LMM, GenerationOutput, LogitHead, fit_logit_head
+from coxlmm.models.fingerprint import small_files_sha256, weights_fingerprint
 
+log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 _LM_PATHS = ("language_model", "model.language_model", "model.text_model", "text_model", "model.model",
              "model", "language_model.model")
 _NORM_NAMES = ("norm", "final_layer_norm", "final_layernorm", "ln_f")
-_PER_TOKEN_TYPES = ("token_type_ids", "mm_token_type_ids")  # (B, P) inputs that mark image vs text tokens
 
 
 class HFVisionLM(LMM):
@@ -87,10 +102,12 @@ class HFVisionLM(LMM):
             raise CoxlmmError(f"model dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}.")
         source = _resolve_source(name_or_path)
         self.model_id = source
+        prompt, raw_prompt = unescape(prompt), unescape(raw_prompt)
         self.prompt = prompt
         self.device_map = device_map  # a sharded model stays where accelerate put it (the stages never move it)
 
         config = _load_config(source, name_or_path)
+        check_decoder_only(config, name_or_path)
         try:
             self.processor = load_processor(source, config, **dict(processor_kwargs or {}))
         except (OSError, ValueError, TypeError) as e:
@@ -128,11 +145,50 @@ class HFVisionLM(LMM):
             raise CoxlmmError(f"{source}: found {len(self._lm.layers)} decoder blocks but the text config says "
                               f"{self.num_layers}; the layer resolver picked the wrong module.")
         self._norm = _final_norm(self._lm, source)
+        if self.W_U.shape[1] != self.hidden_size:  # e.g. OPT-350m's project_out between the final norm and the head
+            raise CoxlmmError(f"{source}: its LM head reads vectors of size {self.W_U.shape[1]} but the residual stream "
+                              f"has {self.hidden_size}: a projection between the final norm and the head, which the "
+                              "logit lens does not model. Use a model whose head reads the residual stream.")
 
         self.prompt_text: str = raw_prompt if raw_prompt is not None else self._chat_prompt(prompt, source)
         # Like the processor's own tokenize=True path: a template that writes BOS gets no second one.
         bos = self.tokenizer.bos_token
         self._add_special_tokens = not (bos is not None and self.prompt_text.startswith(bos))
+        self.logit_head = self._measure_logit_head(logit_head(text_config))
+
+    @torch.no_grad()
+    def _measure_logit_head(self, declared: LogitHead) -> LogitHead:
+        """What this model's forward does to lm_head's output, measured on one short forward (text only, or
+        one blank image where the model needs an image): z = W_U · (the final norm's output) against the
+        logits the forward returns (`base.fit_logit_head`). The config's constants (`declared`) are tried
+        first: a class may ignore one (transformers 5.25's Gemma3ForConditionalGeneration does not cap its
+        logits although its config names a cap). A head that nothing reproduces is reported, and
+        coxlmm-doctor's logp check fails on it."""
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(_module, _args, output):
+            kept["n"] = (output[0] if isinstance(output, (tuple, list)) else output)[:, -1]
+
+        handle = self._norm.register_forward_hook(keep)
+        try:
+            try:
+                ids = self.tokenizer("A photo of", return_tensors="pt").input_ids.to(self.device)
+                y = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, -1]
+            except Exception:  # noqa: BLE001 - a model that needs its image (BLIP-2): one blank image
+                inputs = self._to_model(self.prepare([Image.new("RGB", (32, 32), (128, 128, 128))]))
+                y = self.model(**inputs, use_cache=False).logits[:, -1]
+        finally:
+            handle.remove()
+        W = self.W_U
+        z = kept["n"].to(W.device, torch.float32) @ W.float().T
+        rtol = 1e-4 if W.dtype == torch.float32 else 3e-2
+        head = fit_logit_head(z, y.to(W.device), declared, rtol)
+        if head is None:
+            log.warning("%s: the logits its forward returns are not W_U · final_norm(h) under any known transform "
+                        "(%s, identity, a scale): coxlmm's log-probabilities will differ from the model's; run "
+                        "coxlmm-doctor", self.model_id, declared)
+            return declared
+        return head
 
     @staticmethod
     def describe(name_or_path: str, model_class: str | None = None, dtype: str = "auto", prompt: str = DEFAULT_PROMPT,
@@ -140,28 +196,40 @@ class HFVisionLM(LMM):
                  torch_dtype: str | None = None, **_: Any) -> dict[str, Any]:
         """What identifies this model's features, read without loading its weights (the feature-store key
         of a job whose features are cached): the resolved source, the settings that change the features,
-        the checkpoint's revision and a hash of its small files (config, tokenizer, chat template,
-        processor config; not the weights). Also its number of decoder blocks, from config.json."""
+        the checkpoint's revision, a hash of its small files (config, tokenizer, chat template, processor
+        config) and a fingerprint of its weight files (sizes, safetensors headers and a fixed sample of
+        bytes of every tensor: `models/fingerprint.py`), so new weights saved at the same path re-extract.
+        Also its number of decoder blocks, from config.json."""
         dtype = torch_dtype or dtype
         if dtype not in DTYPES:
             raise CoxlmmError(f"model dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}.")
         source = _resolve_source(name_or_path)
         config = _load_config(source, name_or_path)
+        check_decoder_only(config, name_or_path)
+        prompt, raw_prompt = unescape(prompt), unescape(raw_prompt)
         key = {"class": "HFVisionLM", "source": source, "model_class": model_class, "dtype": dtype,
                "prompt": prompt if raw_prompt is None else None, "raw_prompt": raw_prompt,
                "processor_kwargs": dict(processor_kwargs or {}), "revision": getattr(config, "_commit_hash", None),
-               "files": _small_files_sha256(source), "transformers": transformers.__version__}
+               "files": small_files_sha256(source), "weights": weights_fingerprint(source),
+               "transformers": transformers.__version__}
         n = int(config.get_text_config(decoder=True).num_hidden_layers)
         return {"key": key, "num_layers": n, "model_id": source}
 
     def _chat_prompt(self, prompt: str, source: str) -> str:
         """One user turn (image, then `prompt`) through the processor's chat template + generation prompt."""
+        import jinja2
+
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         try:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        except ValueError as e:  # no chat template (e.g. PaliGemma): the prompt format would be a guess
-            raise CoxlmmError(f"{source}: its processor cannot render the prompt with a chat template ({e}); "
-                              f"give the exact prompt text with model.raw_prompt (PaliGemma: 'caption en').") from None
+        except (ValueError, TypeError, KeyError, jinja2.TemplateError) as e:
+            # No chat template (PaliGemma, BLIP-2), or a text-only one that cannot take an image turn (a
+            # TypeError inside jinja): the prompt format would be a guess.
+            raise CoxlmmError(
+                f"{source}: its processor cannot render an image turn with a chat template ({type(e).__name__}: "
+                f"{_first_line(e)}); give the exact prompt text with model.raw_prompt, e.g. model.raw_prompt='caption "
+                "en' for PaliGemma, or 'USER: <image>\\nDescribe the image. ASSISTANT:' for LLaVA-1.5 (\\n is read as "
+                "a newline).") from None
 
     def train(self, mode: bool = True) -> HFVisionLM:
         """Always eval: the model is a frozen feature extractor (dropout would change the states)."""
@@ -173,6 +241,7 @@ class HFVisionLM(LMM):
         batch = self.processor(
             images=[[im.convert("RGB")] for im in images], text=[self.prompt_text] * len(images),
             padding=True, padding_side="left", return_tensors="pt", add_special_tokens=self._add_special_tokens)
+        batch.pop("labels", None)  # PaliGemma's processor adds training labels: inputs, not targets, go to the model
         return dict(batch)
 
     def _to_model(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -192,6 +261,14 @@ class HFVisionLM(LMM):
     def decoder_layers(self) -> nn.ModuleList:
         return self._lm.layers
 
+    def logits_modules(self) -> list[nn.Module]:
+        """The model and every sub-model that owns its LM head (BLIP-2 generates through its OPTForCausalLM)."""
+        from transformers import PreTrainedModel
+
+        head = self.model.get_output_embeddings()
+        return [m for m in self.model.modules()
+                if isinstance(m, PreTrainedModel) and m.get_output_embeddings() is head]
+
     @torch.no_grad()
     def teacher_forced_states(
         self, inputs: dict[str, torch.Tensor], generated: torch.Tensor, layers: list[int]
@@ -199,17 +276,14 @@ class HFVisionLM(LMM):
         """One forward over prompt (B, P) + generated (B, T) -> {l: (B, T, H)} block outputs.
 
         Column j is position P - 1 + j, the one whose next-token prediction is generated[:, j]
-        (the last prompt position for j = 0). The generated part of the mask is all ones, as during
-        generation; tokens after EOS come later in the sequence, so the causal mask hides them.
+        (the last prompt position for j = 0). The per-token inputs are extended as `generate` extends them
+        (`extend_for_generated`); tokens after EOS come later in the sequence, so the causal mask hides them.
         """
         inputs = self._to_model(inputs)
         generated = generated.to(self.device)
         P, T = inputs["input_ids"].shape[1], generated.shape[1]
+        inputs = extend_for_generated(self.model, inputs, T)
         inputs["input_ids"] = torch.cat([inputs["input_ids"], generated], dim=1)
-        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(generated)], dim=1)
-        for key in _PER_TOKEN_TYPES:  # e.g. Qwen2-VL's mm_token_type_ids: generated tokens are text (0)
-            if key in inputs:
-                inputs[key] = torch.cat([inputs[key], torch.zeros_like(generated)], dim=1)
         if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
             inputs["logits_to_keep"] = 1  # only states are needed; skip the (P+T, vocab) logits
         idx = {l: self.hook_index(l) for l in layers}
@@ -245,6 +319,7 @@ class HFVisionLM(LMM):
             "model_class": type(self.model).__name__,
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "revision": getattr(self.model.config, "_commit_hash", None),
+            "weights": weights_fingerprint(self.model_id),
             "transformers": transformers.__version__,
         }
 
@@ -284,22 +359,49 @@ def _load_config(source: str, given: str):
         ) from None
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+def unescape(text: str | None) -> str | None:
+    """A prompt typed in an override: `\\n` and `\\t` (a backslash and a letter, as the shell and Hydra pass them)
+    -> a newline and a tab; `\\\\` -> one backslash. A model's prompt never means a literal backslash-n."""
+    if text is None:
+        return None
+    return re.sub(r"\\(\\|n|t)", lambda m: {"\\": "\\", "n": "\n", "t": "\t"}[m.group(1)], str(text))
 
 
-def _small_files_sha256(source: str) -> dict[str, str]:
-    """sha256 of each file of a local checkpoint folder but the weights (config, tokenizer, chat template,
-    processor config: what changes the prompt and the processing); {} for a hub id."""
-    import hashlib
+def check_decoder_only(config, given: str) -> None:
+    """coxlmm reads the generating LM's residual stream at the generated positions: decoder-only models only."""
+    text = config.get_text_config(decoder=True)
+    if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
+        raise CoxlmmError(
+            f"model {given!r} ({type(config).__name__}) is an encoder-decoder: its caption is generated by a decoder "
+            "that cross-attends to an encoder's states, and coxlmm reads the residual stream of a decoder-only "
+            "language model that reads the image tokens in its own sequence (LLaVA, Qwen2-VL, Gemma 3, Idefics, "
+            "PaliGemma, ...). Use a decoder-only image-text-to-text model.")
 
-    root = Path(source)
-    if not root.is_dir():
-        return {}
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.stat().st_size < 64 << 20:
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    return out
+
+def logit_head(text_config) -> LogitHead:
+    """What the model's forward is declared to do to lm_head's output, from its text config (transformers 5):
+    `logit_scale` multiplies (Cohere, Aya Vision, Cohere2-Vision); `logits_scaling` divides (Granite and the
+    Granite-based VLMs; HyperCLOVA X multiplies); `final_logit_softcapping` caps (Gemma 2, Gemma 3). Checked
+    against the model's own logits at load (`HFVisionLM._measure_logit_head`)."""
+    scale = 1.0
+    if getattr(text_config, "logit_scale", None):
+        scale *= float(text_config.logit_scale)
+    if getattr(text_config, "logits_scaling", None):
+        s = float(text_config.logits_scaling)
+        scale = scale * s if str(getattr(text_config, "model_type", "")).startswith("hyperclovax") else scale / s
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    return LogitHead(scale=scale, softcap=float(softcap) if softcap else None)
+
+
+def extend_for_generated(model: nn.Module, inputs: dict[str, torch.Tensor], T: int) -> dict[str, torch.Tensor]:
+    """The prompt's per-token inputs (B, P, ...) extended over T generated tokens as `generate` extends them:
+    the model's own `_update_model_kwargs_for_generation`, one token at a time (attention mask: ones;
+    Qwen's mm_token_type_ids: 0; PaliGemma's token_type_ids: 1, the causal suffix; Gemma 3's: the last
+    prompt token's, text; Mllama's cross_attention_mask: its last row repeated). `input_ids` is left as is."""
+    kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
+    for _ in range(T):
+        kwargs = model._update_model_kwargs_for_generation({}, kwargs, is_encoder_decoder=False)
+    return {**kwargs, "input_ids": inputs["input_ids"]}
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -386,13 +488,18 @@ def find_language_model(model: nn.Module) -> nn.Module:
         candidates = []
     candidates += [_get_path(model, p) for p in _LM_PATHS]
     for m in candidates:
-        for stack in (m, getattr(m, "model", None)):  # one level deeper for a CausalLM wrapper
+        for stack in (m, _get_path(m, "model"), _get_path(m, "decoder"), _get_path(m, "model.decoder")):
             if isinstance(getattr(stack, "layers", None), nn.ModuleList) and len(stack.layers) > 0:
                 return stack
+    looked = [type(model).__name__] + sorted({type(s).__name__ for m in candidates if m is not None and m is not model
+                                              for s in (m, _get_path(m, "model"), _get_path(m, "decoder"),
+                                                        _get_path(m, "model.decoder")) if s is not None})
     raise CoxlmmError(
         f"cannot find the language model's decoder blocks in {type(model).__name__}: looked for a `layers` "
-        f"ModuleList on get_decoder() and on {', '.join(_LM_PATHS)}. This architecture needs a rule in "
-        f"coxlmm.models.hf.find_language_model."
+        f"ModuleList on get_decoder() and on {', '.join(_LM_PATHS)} (and their .model, .decoder, .model.decoder), "
+        f"i.e. on the modules {', '.join(looked)}. To add a rule, put the attribute path of the "
+        "module that holds the decoder blocks in coxlmm.models.hf._LM_PATHS (its blocks must be a `layers` "
+        "ModuleList; coxlmm-doctor then checks the hooks)."
     )
 
 

@@ -2,11 +2,13 @@
 
 Tensor stages (dictionary, grounding, metrics) read the words of a direction through the logit lens,
 
-    logits(h) = W_U · norm(h)        h (n, B) -> (n, vocab);  W_U (vocab, B)
+    logits(h) = head(W_U · norm(h))      h (n, B) -> (n, vocab);  W_U (vocab, B)
 
-and the lens only needs the final norm's parameters, the unembedding matrix and the tokenizer. The
-first model stage of a model saves them once (`save`), and every later job loads them (`load`, a few
-hundred MB for a 7B model, read in a second) instead of the model.
+where `head` is what the model's forward does to lm_head's output (`base.LogitHead`: a logit scale,
+final soft-capping), so log-probabilities read from the cache are the model's. The lens only needs the
+final norm's parameters, the unembedding matrix, the head's constants and the tokenizer. The first model
+stage of a model saves them once (`save`), and every later job loads them (`load`, a few hundred MB for
+a 7B model, read in a second) instead of the model.
 
 The final norm is read off the module by probing it on random inputs (the same code then serves
 RMSNorm of Llama/Qwen/SmolLM, Gemma's RMSNorm with its (1 + w) scale, and LayerNorm of OPT/GPT-2):
@@ -34,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.models.base import resolve_layer
+from coxlmm.models.base import LogitHead, resolve_layer
 
 READOUT_FILE, META_FILE, TOKENIZER_DIR = "readout.safetensors", "readout.json", "tokenizer"
 
@@ -87,8 +89,9 @@ class Readout:
     Also what the grounding functions need of an `LMM` (`unembed`, `tokenizer`, `hidden_size`)."""
 
     def __init__(self, W_U: torch.Tensor, norm: FinalNorm, tokenizer: Any, num_layers: int, model_id: str,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", logit_head: LogitHead = LogitHead()):
         self.device = torch.device(device)
+        self.logit_head = logit_head
         self.W_U = W_U.to(self.device)  # (vocab, B), in the model's dtype
         self.norm = norm
         self.tokenizer = tokenizer
@@ -99,11 +102,11 @@ class Readout:
     # --- the lens ---------------------------------------------------------------------------------
     @torch.no_grad()
     def unembed(self, h: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """(n, B) -> (n, vocab) float32 on the CPU: W_U · norm(h), or W_U · h at the `norm` layer."""
+        """(n, B) -> (n, vocab) float32 on the CPU: head(W_U · norm(h)), or head(W_U · h) at the `norm` layer."""
         h = h.to(self.device, torch.float32)
         if layer != self.num_layers:
             h = self.norm(h)
-        return (h @ self.W_U.float().T).cpu()
+        return self.logit_head(h @ self.W_U.float().T).cpu()
 
     def at(self, layer: int) -> "LayerLens":
         """The lens of one layer, as an object the grounding functions take (`.unembed`, `.tokenizer`)."""
@@ -116,7 +119,8 @@ class Readout:
     @classmethod
     def from_lmm(cls, lmm) -> "Readout":
         W = lmm.W_U.detach().to("cpu").clone()
-        return cls(W, probe_norm(lmm.norm_module(), lmm.hidden_size), lmm.tokenizer, lmm.num_layers, lmm.model_id)
+        return cls(W, probe_norm(lmm.norm_module(), lmm.hidden_size), lmm.tokenizer, lmm.num_layers, lmm.model_id,
+                   logit_head=lmm.logit_head)
 
     def save(self, folder: str | Path, fingerprint: dict[str, Any] | None = None) -> None:
         """Write the readout to `folder` atomically (a temporary folder renamed at the end)."""
@@ -131,6 +135,7 @@ class Readout:
         self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         meta = {"kind": self.norm.kind, "eps": self.norm.eps, "num_layers": self.num_layers,
                 "model_id": self.model_id, "vocab": int(self.W_U.shape[0]), "hidden_size": self.hidden_size,
+                "logit_head": self.logit_head.to_dict(),
                 "model": fingerprint or {}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
         if folder.exists():  # another job wrote it first: same content
@@ -147,7 +152,8 @@ class Readout:
         t = load_file(str(folder / READOUT_FILE))
         norm = FinalNorm(meta["kind"], t["norm_scale"], t.get("norm_bias"), float(meta["eps"]))
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
-        return cls(t["W_U"], norm, tokenizer, meta["num_layers"], meta["model_id"], device)
+        return cls(t["W_U"], norm, tokenizer, meta["num_layers"], meta["model_id"], device,
+                   LogitHead(**meta.get("logit_head", {})))
 
     @staticmethod
     def exists(folder: str | Path) -> bool:
