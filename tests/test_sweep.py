@@ -119,7 +119,9 @@ PRESET_OVERRIDES = {
     "layer_ablation": ["hydra.sweeper.params.layers='[0,29],[norm]'"],
     "k_ablation": ["data.n_train=300"],  # K up to 50: ~70 training samples of circle
     "paper_shape_first": ["hydra.sweeper.params.token=circle", "hydra.sweeper.params.method=semi_nmf"],
-    "causal": ["hydra.sweeper.params.method='semi_nmf,pca'", "metrics.causal.n_samples=4", "metrics.causal.alphas=[0,2]"],
+    "causal": ["hydra.sweeper.params.method='semi_nmf,pca'", "metrics.causal.n_samples=4", "metrics.causal.steps=[0.2]"],
+    "paper_heldout": ["hydra.sweeper.params.method=semi_nmf", "hydra.sweeper.params.seed=0", "method.n_concepts=5",
+                      "data.n_test=200"],
 }
 
 

@@ -108,7 +108,7 @@ def test_the_whole_run_norm_layer_noise_source_and_causal_stage(name, tiny_check
     overrides = [
         "model=hf", f"model.name_or_path={path}", "data=folder", f"data.root={data}", "token=dog", "layers=[-1,norm]",
         "metrics=causal", "method.n_concepts=2", "extraction.max_new_tokens=16", "extraction.batch_size=4",
-        "metrics.causal.n_samples=2", "metrics.causal.alphas=[0,2]", "metrics.causal.max_new_tokens=4",
+        "metrics.causal.n_samples=2", "metrics.causal.steps=[0.5]", "metrics.causal.max_new_tokens=4", "noise.seeds=[0]",
         "metrics.causal.steer=all", f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}",
         f"paths.root_dir={tmp_path}", "logger=none", "figures=false", "report=false", "print_summary=false"]
     if card.raw_prompt is not None:  # typed as a user would: a newline as \n
@@ -120,4 +120,5 @@ def test_the_whole_run_norm_layer_noise_source_and_causal_stage(name, tiny_check
         assert f"layer_{layer}/overlap" in metrics and f"layer_{layer}/kl_recon" in metrics
     sources = sorted(json.loads(m.read_text()).get("source", "extraction")
                      for m in (tmp_path / "cache" / "features").glob("*/manifest.json"))
-    assert sources == ["extraction"] * 2 + ["interventions"] * 2 + ["noise_prefix"] * 2 + ["steering"] * 2
+    assert sources == ["caption_ce"] * 2 + ["extraction"] * 2 + ["interventions"] * 2 + ["noise_prefix"] * 2 + \
+        ["steering"] * 2
