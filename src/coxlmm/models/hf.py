@@ -299,9 +299,12 @@ class HFVisionLM(LMM):
 
     @torch.no_grad()
     def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The model on text alone (no image inputs): (R, T, vocab)."""
+        """The language model on text alone (no image, no prompt): its decoder (final norm included) and the
+        model's own head, (R, T, vocab). The decoder is called directly: some wrappers (BLIP-2) refuse a
+        forward without pixels."""
         ids = input_ids.to(self.device)
-        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        h = self._lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+        return self.head(h)
 
     # --- logit lens -----------------------------------------------------------------------------
     def norm_module(self) -> nn.Module:
