@@ -44,7 +44,7 @@ quality: install
 # The paper sweeps read 4,000 + 400 world images per token (~920 + ~95 samples) to stay within 30 min;
 # `make paper PAPER_DATA=` uses the default run's 9,000 + 1,300 (~2,080 + ~300 samples).
 PAPER_DATA ?= data.n_train=4000 data.n_test=400
-PAPER_SWEEPS := paper_table1 layer_ablation k_ablation paper_shape_first
+PAPER_SWEEPS := paper_table1 layer_ablation k_ablation paper_shape_first paper_heldout
 
 paper: install
 	@# The paper's sweeps on the embedded default, within 30 min on 2 cores from an empty cache (docs/sweeps.md).
@@ -53,6 +53,8 @@ paper: install
 	rm -rf $(addprefix outputs/multirun/,$(PAPER_SWEEPS))
 	@for s in $(PAPER_SWEEPS); do echo "== $$s"; TIMEFORMAT="== $$s: %R s"; time $(VENV)/bin/coxlmm -m experiment=$$s $(PAPER_DATA) || exit 1; done
 	$(VENV)/bin/coxlmm-tables $(addprefix outputs/multirun/,$(PAPER_SWEEPS))
+	@# README "The paper's claims, checked" is written from these tables (and make causal's, when present).
+	$(PY) -m coxlmm.report.claims outputs/multirun --readme README.md
 
 causal: install
 	@# Causal faithfulness and steering of 4 dictionaries on token circle (README "Causal checks"); the
@@ -60,6 +62,7 @@ causal: install
 	rm -rf outputs/multirun/causal
 	@TIMEFORMAT="== causal: %R s"; time $(VENV)/bin/coxlmm -m experiment=causal $(PAPER_DATA)
 	$(VENV)/bin/coxlmm-tables outputs/multirun/causal
+	$(PY) -m coxlmm.report.claims outputs/multirun --readme README.md
 
 bench: install
 	$(PY) bench/extraction_throughput.py
