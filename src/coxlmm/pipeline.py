@@ -125,8 +125,11 @@ def fitter(cfg: DictConfig):
 def token_list(token: Any) -> list[str]:
     """`token` as a list of distinct words: one word (`token=dog`) or several (`token=[circle,triangle]`:
     one dictionary over the states that predict any of them)."""
-    words = [token] if isinstance(token, str) else list(token or [])
-    if not words or not all(isinstance(w, str) and w.strip() for w in words):
+    words = [token] if isinstance(token, str) or token is None else list(token)
+    if not words or any(w is None or (isinstance(w, str) and not w.strip()) for w in words):
+        raise CoxlmmError("token is empty: set `token=<word>` to a word that the model generates, e.g. token=dog "
+                          "(or a list of words, token=[circle,triangle]).")
+    if not all(isinstance(w, str) for w in words):
         raise CoxlmmError(f"token={token!r} is invalid: give a word (token=dog) or a list of words "
                           "(token=[circle,triangle]).")
     return list(dict.fromkeys(w.strip() for w in words))
