@@ -52,6 +52,15 @@ class GroundingConfig:
 
 
 @dataclass
+class FitConfig:
+    """How the dictionary is fitted (docs/methods.md, "Fits that stream")."""
+
+    stream: bool = False  # read the training features from the store's shards in blocks (memory bounded by a block)
+    block_rows: Optional[int] = None  # rows per block when streaming (null: min(4096, M); SAEs and batched
+    #                                   Semi-NMF use their own shuffle_rows / batch_size)
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "${hydra:runtime.cwd}"
     output_dir: str = "${hydra:runtime.output_dir}"
@@ -77,6 +86,7 @@ class Config:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
     dictionary_path: Optional[str] = None  # a run's dictionary.safetensors to use instead of fitting `method`
     figures: bool = True
     report: bool = True

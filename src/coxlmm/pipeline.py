@@ -219,6 +219,11 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
             raise CoxlmmError(f"dictionary_path={cfg.dictionary_path!r} has atoms of width {dictionary.U.shape[1]}, "
                               f"the features {Z_train.shape[1]}: it belongs to another model.")
         V_train = dictionary.encode(Z_train)
+    elif cfg.fit.stream and stores is not None:  # from the store's shards, block by block (issue 23)
+        from coxlmm.extraction.reader import ShardRows
+
+        dictionary = make(cfg.seed).fit_stream(ShardRows(stores.train, layer), cfg.fit.block_rows)
+        V_train = dictionary.encode(Z_train)
     else:
         dictionary = refit(Z_train, cfg.seed)
         V_train = dictionary.V_train

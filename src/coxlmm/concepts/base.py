@@ -156,16 +156,17 @@ class Dictionary(abc.ABC):
         self.V_train = V.detach().to("cpu", torch.float32).contiguous()
         return self
 
-    def fit_stream(self, rows, block_rows: int = 4096) -> "Dictionary":
+    def fit_stream(self, rows, block_rows: int | None = None) -> "Dictionary":
         """Learn U from a `Rows` source (`coxlmm.extraction.reader`: a feature-store entry's
         shards, `ShardRows(store, layer)`, or a tensor) read in blocks, never holding Z whole:
-        peak memory is bounded by a block (`block_rows` rows, or the method's own `batch_size` /
-        `shuffle_rows`), not by M. Sets `U`; `V_train` stays None (encode what you need).
+        peak memory is bounded by a block (`block_rows` rows, default min(4096, M), or the
+        method's own `batch_size` / `shuffle_rows`), not by M. Sets `U`; `V_train` stays None (encode what you need).
         Deterministic for a seed: an interrupted streamed fit rerun gives the same dictionary."""
         from coxlmm.extraction.reader import check_batch_size, rows_of
 
         rows = rows_of(rows)
-        check_batch_size(block_rows, rows.n_rows, "block_rows")
+        block_rows = check_batch_size(min(4096, rows.n_rows) if block_rows is None else block_rows,
+                                      rows.n_rows, "block_rows")
         if self.n_concepts > rows.n_rows:
             raise CoxlmmError(
                 f"n_concepts={self.n_concepts} is larger than the number of samples M={rows.n_rows}: "

@@ -26,6 +26,22 @@ made fast:
     products of atoms come from K×r products.
 The loop stops when the objective fell by less than `tol` (relative, per iteration) over the
 last 10 iterations. A last V-step makes `V_train` equal to `encode(Z)`.
+
+At scale (`batch_size` set, or `fit_stream` from a feature-store entry): the same objective by
+plain alternation in feature space, one pass over Z's rows per iteration, memory bounded by the
+batch. Per batch Z_b (n, B): C = Z_b Uᵀ − α, the V-step (below), then the running sufficient
+statistics A += V_bᵀ V_b (K, K), P += V_bᵀ Z_b (K, B) and α Σ V_b; after the pass the U-step is the
+same atom sweep on (A, P), and the objective ½‖Z‖² − ⟨P, U⟩ + ½⟨A, U Uᵀ⟩ + α‖V‖₁ needs no residual.
+The SVD initialisation comes from the streamed Gram Zᵀ Z (B, B). V is never stored (M × K), so
+there is no warm start and only the atoms are extrapolated (as above, with U alone). The V-step per batch (`v_solver`):
+  * `exact`: block principal pivoting (`lasso.nonneg_quadratic`), exact, started from the support
+    of the FISTA steps below; its cost grows with the size of each row's support (|F|³), cheap
+    for small K or sparse codes;
+  * `fista`: `fista_iter` steps of accelerated projected gradient (Beck & Teboulle 2009) on the
+    same problem, step 1/λ_max(G), from the ReLU'd least-squares-diagonal start
+    max(0, C) / diag(G); each step one (n, K) × (K, K) product, so its cost is linear in K²;
+  * `auto` (default): `exact` when K <= `exact_max_k` (64), `fista` above.
+The big products (Z_b Uᵀ, V_bᵀ Z_b) run in float32, the statistics accumulate in float64.
 """
 
 from __future__ import annotations
@@ -35,7 +51,8 @@ from typing import Any
 import torch
 
 from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
-                                  flip_signs, random_unit_rows, top_eigh)
+                                  flip_signs, random_unit_rows, stream_blocks, top_eigh)
+from coxlmm.concepts.base import resolve_device
 from coxlmm.concepts.lasso import nonneg_lasso, nonneg_quadratic, regularised
 
 WINDOW = 10  # iterations over which the relative decrease is measured for stopping
@@ -115,7 +132,8 @@ class SemiNMF(Dictionary):
     def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
                  display_name: str | None = None, alpha: float = 1.0, alpha_scale: str = "absolute",
                  max_iter: int = 1000, tol: float = 1e-7, init: str = "svd",
-                 extrapolate: bool = True) -> None:
+                 extrapolate: bool = True, batch_size: int | None = None, v_solver: str = "auto",
+                 exact_max_k: int = 64, fista_iter: int = 20) -> None:
         super().__init__(n_concepts, seed, device, name, display_name)
         self.alpha = float(check_number("semi_nmf", "alpha", alpha))
         self.alpha_scale = check_choice("semi_nmf", "alpha_scale", alpha_scale, ("absolute", "relative"))
@@ -124,17 +142,36 @@ class SemiNMF(Dictionary):
         self.tol = float(check_number("semi_nmf", "tol", tol))
         self.init = check_choice("semi_nmf", "init", init, ("svd", "random"))
         self.extrapolate = bool(extrapolate)
+        self.batch_size = None if batch_size is None else check_number(
+            "semi_nmf", "batch_size", batch_size, minimum=1, integer=True)
+        self.v_solver = check_choice("semi_nmf", "v_solver", v_solver, ("auto", "exact", "fista"))
+        self.exact_max_k = check_number("semi_nmf", "exact_max_k", exact_max_k, minimum=0, integer=True)
+        self.fista_iter = check_number("semi_nmf", "fista_iter", fista_iter, minimum=1, integer=True)
         self.objective_: list[float] = []  # objective after each outer iteration of the last fit
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "alpha_scale": self.alpha_scale, "max_iter": self.max_iter,
-                "tol": self.tol, "init": self.init, "extrapolate": self.extrapolate}
+                "tol": self.tol, "init": self.init, "extrapolate": self.extrapolate,
+                "batch_size": self.batch_size, "v_solver": self.v_solver,
+                "exact_max_k": self.exact_max_k, "fista_iter": self.fista_iter}
+
+    @property
+    def v_step(self) -> str:
+        """The V-step of the batched solver: `exact` or `fista` (`auto` decided by K)."""
+        if self.v_solver != "auto":
+            return self.v_solver
+        return "exact" if self.n_concepts <= self.exact_max_k else "fista"
 
     @property
     def n_iter_(self) -> int:
         return len(self.objective_)
 
     def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_size is not None:
+            from coxlmm.extraction.reader import TensorRows
+
+            U = self._fit_stream(TensorRows(Z), self.batch_size)
+            return U, self._codes(Z, U)
         gen = torch.Generator().manual_seed(self.seed)  # CPU: same draws on every device
         sp = _Space(Z)
         self.alpha_effective_ = alpha = effective_alpha(self.alpha, self.alpha_scale, Z)
@@ -182,7 +219,111 @@ class SemiNMF(Dictionary):
         return U, nonneg_lasso(Z, U, alpha, V)
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
-        return nonneg_lasso(Z, self.U.to(Z.device, Z.dtype), self.alpha_effective_)
+        return self._codes(Z, self.U.to(Z.device, Z.dtype))
+
+    def _codes(self, Z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """V (M, K) for Z with atoms U: the exact lasso, or the batched solver's V-step by batch."""
+        if self.batch_size is None:
+            return nonneg_lasso(Z, U, self.alpha_effective_)
+        G = regularised(U @ U.T)
+        return torch.cat([self._v_step(G, z @ U.T - self.alpha_effective_) for z in Z.split(self.batch_size)])
+
+    # --- the batched solver (module doc: "At scale") -------------------------------------------
+    def _v_step(self, G: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        V = fista_nonneg(G, C, self.fista_iter)
+        # exact: block principal pivoting from FISTA's support (from C > 0 it starts with about K/2
+        # coordinates per row and costs |F|³); usually one or two pivots from there.
+        return nonneg_quadratic(G, C, V) if self.v_step == "exact" else V
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        from coxlmm.extraction.reader import check_batch_size
+
+        batch = check_batch_size(self.batch_size or block_rows, rows.n_rows, "semi_nmf: batch_size")
+        dev = resolve_device(self.device)
+        f64, f32 = torch.float64, torch.float32
+        B, K = rows.dim, self.n_concepts
+        gen = torch.Generator().manual_seed(self.seed)
+        # One pass: the Gram matrix Zᵀ Z (B, B), ‖Z‖², and what relative α needs (the row norms).
+        gram = torch.zeros(B, B, dtype=f64, device=dev)
+        norms = []
+        for z in stream_blocks(rows, batch, f32, dev):
+            gram += (z.T @ z).to(f64)
+            norms.append(z.norm(dim=1).cpu())
+        z2 = float(gram.diagonal().sum())
+        self.alpha_effective_ = alpha = (self.alpha if self.alpha_scale == "absolute"
+                                         else self.alpha * float(torch.cat(norms).median()))
+        del norms
+        if self.init == "svd":
+            evals, E = top_eigh(gram, K, tol=1e-8)
+            S = evals.clamp_min(0).sqrt()
+            r = int((S > 1e-10 * S[0]).sum()) if len(S) and float(S[0]) > 0 else 0
+            U = random_unit_rows(K, B, gen).to(dev)
+            # scikit-learn's signs: the largest |entry| of each column of L = Z E (streamed).
+            best = torch.full((r,), -1.0, dtype=f64, device=dev)
+            sign = torch.ones(r, dtype=f64, device=dev)
+            for z in stream_blocks(rows, batch, f64, dev):
+                L = z @ E[:, :r]
+                m, i = L.abs().max(0)
+                better = m > best
+                best = torch.where(better, m, best)
+                sign = torch.where(better, torch.sign(L.gather(0, i[None])[0]), sign)
+            sign[sign == 0] = 1
+            U[:r] = (E[:, :r] * sign).T * S[:r, None]
+        else:
+            U = random_unit_rows(K, B, gen).to(dev)
+        del gram
+        X, Y = U, U  # accepted atoms; atoms at which the next V-step is taken (extrapolated)
+        beta, beta_max = 0.5, 1.0
+        best: list[float] = []
+        self.objective_ = []
+        for it in range(self.max_iter):
+            G = regularised(Y @ Y.T)
+            Y32 = Y.to(f32)
+            A = torch.zeros(K, K, dtype=f64, device=dev)
+            P = torch.zeros(K, B, dtype=f64, device=dev)
+            l1 = 0.0
+            for z in stream_blocks(rows, batch, f32, dev):
+                V = self._v_step(G, (z @ Y32.T).to(f64) - alpha)
+                A += V.T @ V
+                P += (V.to(f32).T @ z).to(f64)
+                l1 += float(V.sum())
+            X_new = _update_atoms(Y, Y, A, P, P, same=True)[0]
+            f = 0.5 * z2 - float((P * X_new).sum()) + 0.5 * float((A * (X_new @ X_new.T)).sum()) + alpha * l1
+            self.objective_.append(f)
+            dead = A.diagonal() <= 1e-12 * max(float(A.diagonal().max()), 1e-300)
+            if bool(dead.any()):  # atoms no sample uses: fresh random directions
+                X_new[dead] = random_unit_rows(int(dead.sum()), B, gen).to(dev)
+            if not best or f < best[-1]:  # U-only extrapolation (Ang & Gillis), as in memory
+                if self.extrapolate and it >= WARMUP and not bool(dead.any()):
+                    Y = X_new + beta * (X_new - X)
+                    Y = Y / Y.norm(dim=1, keepdim=True).clamp_min(1.0)
+                    beta, beta_max = min(beta_max, 1.1 * beta), min(1.0, 1.02 * beta_max)
+                else:
+                    Y = X_new
+                X = X_new
+                best.append(f)
+            else:
+                beta_max, beta = beta, beta / 2
+                Y = X
+                best.append(best[-1])
+            if len(best) > WINDOW and best[-1 - WINDOW] - best[-1] < self.tol * WINDOW * abs(best[-1]):
+                break
+        U = X
+        return U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def fista_nonneg(G: torch.Tensor, C: torch.Tensor, n_iter: int) -> torch.Tensor:
+    """Approximately argmin_{V >= 0} Σ_m ½ v_mᵀ G v_m − c_mᵀ v_m: `n_iter` accelerated projected-
+    gradient steps (FISTA, step 1/λ_max(G)), from max(0, C) / diag(G). G (K, K), C (M, K) -> V."""
+    L = float(torch.linalg.eigvalsh(G)[-1])
+    V = (C / G.diagonal()).clamp_min(0)
+    Y, t = V, 1.0
+    for _ in range(n_iter):
+        V_next = (Y - (Y @ G - C) / L).clamp_min(0)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        Y = V_next + ((t - 1) / t_next) * (V_next - V)
+        V, t = V_next, t_next
+    return V
 
 
 def _update_atoms(X: torch.Tensor, XM: torch.Tensor, A: torch.Tensor, P: torch.Tensor,

@@ -8,9 +8,11 @@ order. Two sources:
 
   * `TensorRows(Z)`: a tensor already in memory (the in-memory fit reads it the same way, so a
     streamed fit and an in-memory fit see the same blocks and give the same dictionary);
-  * `ShardRows(store, layer)`: the entry's safetensors shards, read one slice at a time (a block
-    touches only the shards that hold its rows, through safetensors' lazy `get_slice`), so peak
-    memory is one block, not M rows. The store's on-disk format is unchanged.
+  * `ShardRows(store, layer)`: the entry's safetensors shards, read one block at a time: a block
+    reads, from each shard that holds its rows, the byte range of those rows (safetensors stores a
+    tensor row-major after a JSON header that gives its offsets) with a plain file read, not a
+    memory map, so the process holds one block, not M rows (a map's touched pages would count in
+    its resident memory). The store's on-disk format is unchanged.
 
 A streamed fit makes several passes; the entry must not change in between. `ShardRows` records
 every shard file's size and modification time when it opens and checks them before each pass
@@ -23,11 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import json
+import struct
+
 import torch
-from safetensors import safe_open
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction.store import MANIFEST, FeatureStore
+
+
+_DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class Rows(Protocol):
@@ -103,12 +110,8 @@ class ShardRows:
         # (shard, tensor row) of each row of Z, in Z's order (dataset index), as `FeatureStore.load`.
         self._where = [(r["_shard"], r["row"]) for r in records]
         self.n_rows = len(records)
-        with safe_open(str(self.dir / f"{records[0]['_shard']}.safetensors"), framework="pt") as f:
-            if self.name not in f.keys():
-                raise CoxlmmError(f"{self.name} is not in the feature store {self.dir} (it holds "
-                                  f"{sorted(f.keys())}); set extraction.layers=all or delete the entry.")
-            shape = f.get_slice(self.name).get_shape()
-        self.dim = int(shape[1])
+        self._layout: dict[str, tuple[torch.dtype, int, int]] = {}  # shard -> (dtype, B, data offset)
+        self.dim = self._tensor(records[0]["_shard"])[1]
 
     def check(self) -> None:
         try:
@@ -128,6 +131,23 @@ class ShardRows:
     def blocks(self, size: int) -> Iterator[torch.Tensor]:
         return blocks(self, size)
 
+    def _tensor(self, shard: str) -> tuple[torch.dtype, int, int]:
+        """(dtype, row width, byte offset of the layer's first row) in a shard, from its header."""
+        if shard not in self._layout:
+            with open(self.dir / f"{shard}.safetensors", "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(n))
+            if self.name not in header:
+                held = sorted(k for k in header if k != "__metadata__")
+                raise CoxlmmError(f"{self.name} is not in the feature store {self.dir} (it holds {held}); "
+                                  "set extraction.layers=all or delete the entry.")
+            t = header[self.name]
+            if t["dtype"] not in _DTYPES or len(t["shape"]) != 2:
+                raise CoxlmmError(f"{self.name} in {shard} is {t['dtype']} of shape {t['shape']}: a streamed fit "
+                                  f"reads 2-D tensors of {sorted(_DTYPES)}.")
+            self._layout[shard] = (_DTYPES[t["dtype"]], int(t["shape"][1]), 8 + n + int(t["data_offsets"][0]))
+        return self._layout[shard]
+
     def read(self, start: int, stop: int) -> torch.Tensor:
         where = self._where[start:stop]
         by_shard: dict[str, list[tuple[int, int]]] = {}  # shard -> (position in block, tensor row)
@@ -138,11 +158,20 @@ class ShardRows:
             rows = torch.tensor([r for _, r in items])
             lo, hi = int(rows.min()), int(rows.max()) + 1
             try:
-                with safe_open(str(self.dir / f"{shard}.safetensors"), framework="pt") as f:
-                    part = f.get_slice(self.name)[lo:hi][rows - lo]
+                dtype, B, offset = self._tensor(shard)
+                width = B * dtype.itemsize
+                with open(self.dir / f"{shard}.safetensors", "rb") as f:
+                    f.seek(offset + lo * width)
+                    raw = bytearray(f.read((hi - lo) * width))
+                if len(raw) != (hi - lo) * width:
+                    raise OSError(f"{shard}.safetensors is shorter than its header says")
+                part = torch.frombuffer(raw, dtype=dtype).view(hi - lo, B)
             except OSError:
                 self.check()
                 raise
+            if len(by_shard) == 1 and hi - lo == len(items) and bool((rows == torch.arange(lo, hi)).all()):
+                return part  # the usual case: one shard, consecutive rows; no copy
+            part = part[rows - lo]
             if out is None:
                 out = torch.empty(len(where), self.dim, dtype=part.dtype)
             out[torch.tensor([p for p, _ in items])] = part
