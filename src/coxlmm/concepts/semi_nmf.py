@@ -27,13 +27,16 @@ made fast:
 The loop stops when the objective fell by less than `tol` (relative, per iteration) over the
 last 10 iterations. A last V-step makes `V_train` equal to `encode(Z)`.
 
-At scale (`batch_size` set, or `fit_stream` from a feature-store entry): the same objective by
-plain alternation in feature space, one pass over Z's rows per iteration, memory bounded by the
-batch. Per batch Z_b (n, B): C = Z_b Uᵀ − α, the V-step (below), then the running sufficient
-statistics A += V_bᵀ V_b (K, K), P += V_bᵀ Z_b (K, B) and α Σ V_b; after the pass the U-step is the
-same atom sweep on (A, P), and the objective ½‖Z‖² − ⟨P, U⟩ + ½⟨A, U Uᵀ⟩ + α‖V‖₁ needs no residual.
-The SVD initialisation comes from the streamed Gram Zᵀ Z (B, B). V is never stored (M × K), so
-there is no warm start and only the atoms are extrapolated (as above, with U alone). The V-step per batch (`v_solver`):
+At scale (`batch_size` set, or `fit_stream` from a feature-store entry): online Semi-NMF with
+running sufficient statistics (Mairal, Bach, Ponce & Sapiro 2010, "Online learning for matrix
+factorization and sparse coding"), the same objective, memory bounded by the batch. The rows are
+read in blocks of `batch_size`, in a seeded random order, for at most `passes` passes. For each
+block Z_b (n, B): C = Z_b Uᵀ − α, the V-step (below), then A ← ρ A + V_bᵀ V_b (K, K) and
+P ← ρ P + V_bᵀ Z_b (K, B) (ρ = 1 in the first pass, 1 − n/M after it: a window of about one pass),
+and one sweep of the same atom update on (A, P): K × (K + B) numbers, whatever M. The objective of
+a pass (each block's at the atoms it was coded with) stops the loop when it falls by less than
+`tol` (relative). The SVD initialisation comes from the streamed Gram Zᵀ Z (B, B). The V-step per
+block (`v_solver`):
   * `exact`: block principal pivoting (`lasso.nonneg_quadratic`), exact, started from the support
     of the FISTA steps below; its cost grows with the size of each row's support (|F|³), cheap
     for small K or sparse codes;
@@ -46,6 +49,7 @@ The big products (Z_b Uᵀ, V_bᵀ Z_b) run in float32, the statistics accumulat
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -53,6 +57,7 @@ import torch
 from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
                                   flip_signs, random_unit_rows, stream_blocks, top_eigh)
 from coxlmm.concepts.base import resolve_device
+from coxlmm.errors import CoxlmmError
 from coxlmm.concepts.lasso import nonneg_lasso, nonneg_quadratic, regularised
 
 WINDOW = 10  # iterations over which the relative decrease is measured for stopping
@@ -133,7 +138,7 @@ class SemiNMF(Dictionary):
                  display_name: str | None = None, alpha: float = 1.0, alpha_scale: str = "absolute",
                  max_iter: int = 1000, tol: float = 1e-7, init: str = "svd",
                  extrapolate: bool = True, batch_size: int | None = None, v_solver: str = "auto",
-                 exact_max_k: int = 64, fista_iter: int = 20) -> None:
+                 exact_max_k: int = 64, fista_iter: int = 20, passes: int = 10) -> None:
         super().__init__(n_concepts, seed, device, name, display_name)
         self.alpha = float(check_number("semi_nmf", "alpha", alpha))
         self.alpha_scale = check_choice("semi_nmf", "alpha_scale", alpha_scale, ("absolute", "relative"))
@@ -147,13 +152,14 @@ class SemiNMF(Dictionary):
         self.v_solver = check_choice("semi_nmf", "v_solver", v_solver, ("auto", "exact", "fista"))
         self.exact_max_k = check_number("semi_nmf", "exact_max_k", exact_max_k, minimum=0, integer=True)
         self.fista_iter = check_number("semi_nmf", "fista_iter", fista_iter, minimum=1, integer=True)
+        self.passes = check_number("semi_nmf", "passes", passes, minimum=1, integer=True)
         self.objective_: list[float] = []  # objective after each outer iteration of the last fit
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "alpha_scale": self.alpha_scale, "max_iter": self.max_iter,
                 "tol": self.tol, "init": self.init, "extrapolate": self.extrapolate,
                 "batch_size": self.batch_size, "v_solver": self.v_solver,
-                "exact_max_k": self.exact_max_k, "fista_iter": self.fista_iter}
+                "exact_max_k": self.exact_max_k, "fista_iter": self.fista_iter, "passes": self.passes}
 
     @property
     def v_step(self) -> str:
@@ -272,43 +278,40 @@ class SemiNMF(Dictionary):
         else:
             U = random_unit_rows(K, B, gen).to(dev)
         del gram
-        X, Y = U, U  # accepted atoms; atoms at which the next V-step is taken (extrapolated)
-        beta, beta_max = 0.5, 1.0
-        best: list[float] = []
+        U = U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
+        M, n_blocks = rows.n_rows, math.ceil(rows.n_rows / batch)
+        A = torch.zeros(K, K, dtype=f64, device=dev)
+        P = torch.zeros(K, B, dtype=f64, device=dev)
         self.objective_ = []
-        for it in range(self.max_iter):
-            G = regularised(Y @ Y.T)
-            Y32 = Y.to(f32)
-            A = torch.zeros(K, K, dtype=f64, device=dev)
-            P = torch.zeros(K, B, dtype=f64, device=dev)
-            l1 = 0.0
-            for z in stream_blocks(rows, batch, f32, dev):
-                V = self._v_step(G, (z @ Y32.T).to(f64) - alpha)
-                A += V.T @ V
-                P += (V.to(f32).T @ z).to(f64)
-                l1 += float(V.sum())
-            X_new = _update_atoms(Y, Y, A, P, P, same=True)[0]
-            f = 0.5 * z2 - float((P * X_new).sum()) + 0.5 * float((A * (X_new @ X_new.T)).sum()) + alpha * l1
+        for epoch in range(self.passes):
+            rows.check()
+            f = 0.0  # the epoch's objective, each block's at the atoms it was coded with
+            for b in torch.randperm(n_blocks, generator=gen).tolist():
+                z = rows.read(b * batch, min((b + 1) * batch, M)).to(dev, f32)
+                if not bool(torch.isfinite(z).all()):
+                    raise CoxlmmError(f"Z contains non-finite values (NaN or inf) in rows {b * batch}.."
+                                      f"{b * batch + len(z) - 1}; dictionaries need finite features.")
+                G = regularised(U @ U.T)
+                ZU = (z @ U.to(f32).T).to(f64)
+                V = self._v_step(G, ZU - alpha)
+                f += 0.5 * float(z.double().pow(2).sum()) - float((V * ZU).sum()) \
+                    + 0.5 * float(((V @ G) * V).sum()) + alpha * float(V.sum())
+                # Running statistics (Mairal et al. 2010): sums over the first pass, then a window
+                # of about one pass (older blocks, coded with older atoms, fade out).
+                rho = 1.0 if epoch == 0 else 1.0 - len(z) / M
+                A = rho * A + V.T @ V
+                P = rho * P + (V.to(f32).T @ z).to(f64)
+                U = _update_atoms(U, U, A, P, P, same=True)[0]
+                dead = A.diagonal() <= 1e-12 * max(float(A.diagonal().max()), 1e-300)
+                if bool(dead.any()):  # atoms no sample used yet: the worst-coded rows of this block
+                    r2 = z.double().pow(2).sum(1) - 2 * (V * ZU).sum(1) + ((V @ G) * V).sum(1)
+                    worst = r2.topk(min(int(dead.sum()), len(z))).indices
+                    fresh = z[worst].double() - V[worst] @ U
+                    idx = dead.nonzero()[:, 0][: len(worst)]
+                    U[idx] = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-300)
             self.objective_.append(f)
-            dead = A.diagonal() <= 1e-12 * max(float(A.diagonal().max()), 1e-300)
-            if bool(dead.any()):  # atoms no sample uses: fresh random directions
-                X_new[dead] = random_unit_rows(int(dead.sum()), B, gen).to(dev)
-            if not best or f < best[-1]:  # U-only extrapolation (Ang & Gillis), as in memory
-                if self.extrapolate and it >= WARMUP and not bool(dead.any()):
-                    Y = X_new + beta * (X_new - X)
-                    Y = Y / Y.norm(dim=1, keepdim=True).clamp_min(1.0)
-                    beta, beta_max = min(beta_max, 1.1 * beta), min(1.0, 1.02 * beta_max)
-                else:
-                    Y = X_new
-                X = X_new
-                best.append(f)
-            else:
-                beta_max, beta = beta, beta / 2
-                Y = X
-                best.append(best[-1])
-            if len(best) > WINDOW and best[-1 - WINDOW] - best[-1] < self.tol * WINDOW * abs(best[-1]):
+            if epoch and self.objective_[-2] - f < self.tol * abs(f):
                 break
-        U = X
         return U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
 
 
