@@ -71,16 +71,17 @@ def test_gram_form_loss_equals_the_direct_loss(cls, kw):
     torch.testing.assert_close(loss, direct)
 
 
+@pytest.mark.parametrize("B", [16, 4])  # K = 8 < B: the Gram form; K >= B: the direct residual
 @pytest.mark.parametrize("b_dead", [50.0, -50.0])
-def test_auxk_gives_dead_latents_a_gradient(b_dead):
+def test_auxk_gives_dead_latents_a_gradient(b_dead, B):
     """Latents 2..7 never fire: active but never among the top k (b_dead = 50), or negative on
     every sample (b_dead = −50, which the old recipe's ReLU'd AuxK could not reach); AuxK alone
     gives them a gradient."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 16, generator=g)
+    x = torch.randn(32, B, generator=g)
     grads = {}
     for aux_coef in (1.0, 0.0):
-        m = SAEModule(TopKSAE(8, k=2, aux_coef=aux_coef), 16, 64, torch.Generator().manual_seed(0),
+        m = SAEModule(TopKSAE(8, k=2, aux_coef=aux_coef), B, 64, torch.Generator().manual_seed(0),
                       total_steps=10)
         with torch.no_grad():
             m.b_enc[:2] = 100.0  # latents 0 and 1 always win the top 2
@@ -137,3 +138,16 @@ def test_default_k_is_5_or_k_when_the_dictionary_is_smaller(name):
     assert compose_method(name).k == 5
     assert compose_method(name, n_concepts=3).k == 3  # debug=tiny's K = 3
     assert compose_method(name, n_concepts=3, k=2).k == 2
+
+
+@pytest.mark.parametrize("cls, kw", [(TopKSAE, {}), (MatryoshkaSAE, {"group_sizes": [1, 2, 5]})])
+def test_direct_errors_equal_the_gram_form(cls, kw):
+    g = torch.Generator().manual_seed(1)
+    x, b, U = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((7, 5), (5,), (8, 5)))
+    c = torch.rand(7, 8, generator=g, dtype=torch.float64) * (torch.rand(7, 8, generator=g) < 0.5)
+    sae = cls(8, k=2, **kw)
+    r2, loss = sae.squared_errors((x - b).pow(2).sum(1), c, (x - b) @ U.T, U @ U.T)
+    r2_d, loss_d, resid = sae.direct_errors(x - b, c, U)
+    torch.testing.assert_close(r2_d, r2)
+    torch.testing.assert_close(loss_d, loss)
+    torch.testing.assert_close(resid, x - b - c @ U)

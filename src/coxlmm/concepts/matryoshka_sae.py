@@ -65,3 +65,15 @@ class MatryoshkaSAE(BatchTopKSAE):
             total = total + r2.mean()
             start = end
         return r2, total / len(self.group_sizes)
+
+    def direct_errors(self, xc, c, U):
+        """The full model's residual and errors, and the mean over prefixes of their FVU, each
+        prefix's residual formed by taking its group's reconstruction off the last one."""
+        total, resid, start = 0.0, xc, 0
+        for size in self.group_sizes:
+            end = start + size
+            resid = resid - c[:, start:end] @ U[start:end]
+            r2 = resid.pow(2).sum(1)
+            total = total + r2.mean()
+            start = end
+        return r2, total / len(self.group_sizes), resid

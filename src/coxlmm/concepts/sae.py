@@ -125,12 +125,14 @@ class _Epochs(IterableDataset):
 class SAEModule(L.LightningModule):
     """The autoencoder and its training step, on x = (z − z̄) / s (centred, unit variance).
 
-    The squared errors are computed without forming any (n, B) residual: for codes c (n, K),
+    When K < B the squared errors are computed without forming any (n, B) residual: for codes c (n, K),
     with P = x Uᵀ, q = b Uᵀ and G = U Uᵀ,
         ‖x − b − c U‖² = ‖x‖² − 2 x·b + ‖b‖² − 2 c·(P − q) + (c G)·c,
     exact, so a step costs one (n, B) × (B, 2K + 1) product forward (x [W_enc; U; b]ᵀ) and its
     transpose backward; everything else is K-sized. The same expansion gives each Matryoshka
-    prefix (a slice of c, P, q and G) and the AuxK error. The expansion subtracts terms as large
+    prefix (a slice of c, P, q and G) and the AuxK error. When K >= B (wide dictionaries of small
+    features) the residual x − b − c U is formed directly instead, which then costs less (K² > K B).
+    The expansion subtracts terms as large
     as ‖x‖² to leave the error, which half precision would lose, so the step runs outside
     autocast, in the parameters' dtype (float32 unless the Trainer's precision is "64-true").
     """
@@ -157,15 +159,23 @@ class SAEModule(L.LightningModule):
             return self._loss(x.to(self.W_dec.dtype), x2.to(self.W_dec.dtype))
 
     def _loss(self, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        K = self.W_dec.shape[0]
+        K, B = self.W_dec.shape
         U, b = self.W_dec, self.b_dec
-        proj = x @ torch.cat([self.W_enc, U, b[None]]).T  # (n, 2K + 1)
-        xW, P, xb = proj[:, :K], proj[:, K : 2 * K], proj[:, 2 * K]
-        pre = xW - b @ self.W_enc.T + self.b_enc  # (x − b) W_encᵀ + b_enc
+        gram = K < B  # the Gram form saves the (n, B) residual when B is the larger; else the direct one
+        if gram:
+            proj = x @ torch.cat([self.W_enc, U, b[None]]).T  # (n, 2K + 1)
+            xW, P, xb = proj[:, :K], proj[:, K : 2 * K], proj[:, 2 * K]
+            pre = xW - b @ self.W_enc.T + self.b_enc  # (x − b) W_encᵀ + b_enc
+        else:
+            xc = x - b
+            pre = xc @ self.W_enc.T + self.b_enc
         c = self.sae.sparsify(torch.relu(pre))
-        base = x2 - 2 * xb + b.pow(2).sum()  # ‖x − b‖² per row
-        Pq, G = P - U @ b, U @ U.T  # (x − b) Uᵀ, U Uᵀ
-        r2, main = self.sae.squared_errors(base, c, Pq, G)  # per row of the full model; loss
+        if gram:
+            base = x2 - 2 * xb + b.pow(2).sum()  # ‖x − b‖² per row
+            Pq, G = P - U @ b, U @ U.T  # (x − b) Uᵀ, U Uᵀ
+            r2, main = self.sae.squared_errors(base, c, Pq, G)  # per row of the full model; loss
+        else:
+            r2, main, resid = self.sae.direct_errors(xc, c, U)
         loss = main
         fired = (c > 0).any(0)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -184,9 +194,12 @@ class SAEModule(L.LightningModule):
             # The dead latents' largest pre-activations, negative ones included (see the module doc).
             vals, idx = torch.where(dead, pre, torch.full_like(pre, -torch.inf)).topk(k_aux, dim=1)
             c_aux = torch.zeros_like(pre).scatter(1, idx, vals)
-            # ‖e − c_aux U‖² with e = x − b − c U held fixed: e Uᵀ = (x − b) Uᵀ − c (U_fixed Uᵀ).
-            eU = P - b.detach() @ U.T - (c @ U).detach() @ U.T
-            aux = (r2.detach() - 2 * (c_aux * eU).sum(1) + ((c_aux @ G) * c_aux).sum(1)).mean()
+            if gram:
+                # ‖e − c_aux U‖² with e = x − b − c U held fixed: e Uᵀ = (x − b) Uᵀ − c (U_fixed Uᵀ).
+                eU = P - b.detach() @ U.T - (c @ U).detach() @ U.T
+                aux = (r2.detach() - 2 * (c_aux * eU).sum(1) + ((c_aux @ G) * c_aux).sum(1)).mean()
+            else:
+                aux = (resid.detach() - c_aux @ U).pow(2).sum(1).mean()
             loss = loss + self.sae.aux_coef * min(1.0, n_dead / self.aux_k) * aux
         self.losses.append(main.detach())
         return loss
@@ -278,6 +291,14 @@ class SparseAutoencoder(Dictionary):
         Pq = (x − b) Uᵀ (n, K) and G = U Uᵀ (K, K); x has unit variance, so the mean is the FVU."""
         r2 = base - 2 * (c * Pq).sum(1) + ((c @ G) * c).sum(1)
         return r2, r2.mean()
+
+    def direct_errors(self, xc: torch.Tensor, c: torch.Tensor, U: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(‖x − b − c U‖² per row, training loss, the residual (n, B)) from xc = x − b, formed
+        directly (cheaper than `squared_errors` when K >= B)."""
+        resid = xc - c @ U
+        r2 = resid.pow(2).sum(1)
+        return r2, r2.mean(), resid
 
     def calibrate(self, activations: Callable[[], Iterator[torch.Tensor]], n_rows: int) -> None:
         """After training: set inference state from the training activations, given as a function

@@ -31,9 +31,10 @@ At scale (`batch_size` set, or `fit_stream` from a feature-store entry): online 
 running sufficient statistics (Mairal, Bach, Ponce & Sapiro 2010, "Online learning for matrix
 factorization and sparse coding"), the same objective, memory bounded by the batch. The rows are
 read in blocks of `batch_size`, in a seeded random order, for at most `passes` passes. For each
-block Z_b (n, B): C = Z_b Uᵀ − α, the V-step (below), then A ← ρ A + V_bᵀ V_b (K, K) and
-P ← ρ P + V_bᵀ Z_b (K, B) (ρ = 1 in the first pass, 1 − n/M after it: a window of about one pass),
-and one sweep of the same atom update on (A, P): K × (K + B) numbers, whatever M. The objective of
+block Z_b (n, B): C = Z_b Uᵀ − α, the V-step (below), the pass's sums A_pass += V_bᵀ V_b (K, K)
+and P_pass += V_bᵀ Z_b (K, B), and one sweep of the same atom update on A = A_pass + w A_last,
+P = P_pass + w P_last, with the last pass's sums weighted by the fraction w of rows this pass has
+not yet seen (so no stale code outlives a pass): 2 K (K + B) numbers, whatever M. The objective of
 a pass (each block's at the atoms it was coded with) stops the loop when it falls by less than
 `tol` (relative). The SVD initialisation comes from the streamed Gram Zᵀ Z (B, B). The V-step per
 block (`v_solver`):
@@ -280,12 +281,14 @@ class SemiNMF(Dictionary):
         del gram
         U = U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
         M, n_blocks = rows.n_rows, math.ceil(rows.n_rows / batch)
-        A = torch.zeros(K, K, dtype=f64, device=dev)
-        P = torch.zeros(K, B, dtype=f64, device=dev)
+        A_last = P_last = None  # the last pass's statistics
         self.objective_ = []
         for epoch in range(self.passes):
             rows.check()
-            f = 0.0  # the epoch's objective, each block's at the atoms it was coded with
+            f = 0.0  # the pass's objective, each block's at the atoms it was coded with
+            A_pass = torch.zeros(K, K, dtype=f64, device=dev)
+            P_pass = torch.zeros(K, B, dtype=f64, device=dev)
+            seen = 0
             for b in torch.randperm(n_blocks, generator=gen).tolist():
                 z = rows.read(b * batch, min((b + 1) * batch, M)).to(dev, f32)
                 if not bool(torch.isfinite(z).all()):
@@ -296,11 +299,16 @@ class SemiNMF(Dictionary):
                 V = self._v_step(G, ZU - alpha)
                 f += 0.5 * float(z.double().pow(2).sum()) - float((V * ZU).sum()) \
                     + 0.5 * float(((V @ G) * V).sum()) + alpha * float(V.sum())
-                # Running statistics (Mairal et al. 2010): sums over the first pass, then a window
-                # of about one pass (older blocks, coded with older atoms, fade out).
-                rho = 1.0 if epoch == 0 else 1.0 - len(z) / M
-                A = rho * A + V.T @ V
-                P = rho * P + (V.to(f32).T @ z).to(f64)
+                # Running statistics (Mairal et al. 2010): this pass's blocks so far, plus the last
+                # pass's in proportion to the rows this pass has not yet seen, so that at the end of
+                # a pass A and P hold this pass's codes only (no stale codes survive a pass).
+                A_pass += V.T @ V
+                P_pass += (V.to(f32).T @ z).to(f64)
+                seen += len(z)
+                if A_last is None:
+                    A, P = A_pass, P_pass
+                else:
+                    A, P = A_pass + (1 - seen / M) * A_last, P_pass + (1 - seen / M) * P_last
                 U = _update_atoms(U, U, A, P, P, same=True)[0]
                 dead = A.diagonal() <= 1e-12 * max(float(A.diagonal().max()), 1e-300)
                 if bool(dead.any()):  # atoms no sample used yet: the worst-coded rows of this block
@@ -309,6 +317,7 @@ class SemiNMF(Dictionary):
                     fresh = z[worst].double() - V[worst] @ U
                     idx = dead.nonzero()[:, 0][: len(worst)]
                     U[idx] = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            A_last, P_last = A_pass, P_pass
             self.objective_.append(f)
             if epoch and self.objective_[-2] - f < self.tol * abs(f):
                 break
