@@ -326,8 +326,11 @@ class SemiNMF(Dictionary):
 
 def fista_nonneg(G: torch.Tensor, C: torch.Tensor, n_iter: int) -> torch.Tensor:
     """Approximately argmin_{V >= 0} Σ_m ½ v_mᵀ G v_m − c_mᵀ v_m: `n_iter` accelerated projected-
-    gradient steps (FISTA, step 1/λ_max(G)), from max(0, C) / diag(G). G (K, K), C (M, K) -> V."""
+    gradient steps (FISTA, step 1/λ_max(G)), from max(0, C) / diag(G), in float32. G (K, K),
+    C (M, K) -> V (M, K) in C's dtype."""
     L = float(torch.linalg.eigvalsh(G)[-1])
+    dtype = C.dtype
+    G, C = G.float(), C.float()  # an approximate step: float32 halves the cost of the (M, K) x (K, K) products
     V = (C / G.diagonal()).clamp_min(0)
     Y, t = V, 1.0
     for _ in range(n_iter):
@@ -335,7 +338,7 @@ def fista_nonneg(G: torch.Tensor, C: torch.Tensor, n_iter: int) -> torch.Tensor:
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         Y = V_next + ((t - 1) / t_next) * (V_next - V)
         V, t = V_next, t_next
-    return V
+    return V.to(dtype)
 
 
 def _update_atoms(X: torch.Tensor, XM: torch.Tensor, A: torch.Tensor, P: torch.Tensor,
