@@ -69,14 +69,13 @@ def at_scale(M: int, B: int, passes: int, batch: int) -> None:
     open("/proc/self/clear_refs", "w").write("5")
     base = rss("VmRSS:")
     t = time.perf_counter()
-    d.fit(Z)
+    d.fit_stream(Z)  # Z read block by block as from a store; no V_train (M x K) is formed
     sec = time.perf_counter() - t
     peak = rss("VmHWM:") - base
-    V_bytes = M * K * 4  # V_train, returned by fit(Z) (fit_stream keeps none)
     print(f"Z {M} x {B} ({Z.numel() * 4 / 2**20:.0f} MB), K = {K}, alpha = {alpha}, batch {batch}, "
           f"V-step {d.v_step}: {sec:.0f} s for {d.n_iter_} passes ({sec / d.n_iter_:.1f} s per pass), "
-          f"objective per pass {[f'{f:.5g}' for f in d.objective_]}, L0 {(d.V_train > 0).sum(1).float().mean():.1f}; "
-          f"peak memory above the baseline {peak / 2**20:.0f} MB, of which V_train {V_bytes / 2**20:.0f} MB "
+          f"objective per pass {[f'{f:.5g}' for f in d.objective_]}; "
+          f"peak memory above the baseline {peak / 2**20:.0f} MB "
           f"(the exact solver's BPP would gather (M, |F|, |F|) systems: {M * 64 * 64 * 8 / 2**30:.1f} GB at "
           f"|F| = 64); load average {os.getloadavg()[0]:.2f}", flush=True)
 
