@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
-
 from coxlmm.concepts.batchtopk_sae import BatchTopKSAE
 from coxlmm.errors import CoxlmmError
 
