@@ -22,8 +22,8 @@ and the median of the per-run ratios is reported beside every ratio.
 After the timed fits, one more fit runs with every part of the solver wrapped in a timer and
 prints where an iteration's time goes (V-step, U-step, the products with Z, the fixed costs),
 and the floor of an iteration on this machine, measured in the same run: an iteration must read
-the (M, M) Gram matrix H twice (XM = X H and PM = P H, the two K-row products; feature space:
-Z twice) and do 2 · 2 K M² flops there, so its floor is the larger of those bytes over the
+the (M, M) Gram matrix H once (PM = P H, a K-row product; the atoms' image XM is updated atom by
+atom; feature space: Z twice) and do 2 K M² flops there, so its floor is the larger of those bytes over the
 measured copy bandwidth and those flops over the measured float64 matmul rate. The report says
 how far the measured iteration is above that floor and which part holds the rest.
 
@@ -188,8 +188,10 @@ def _timed(fn) -> float:
 def iteration_floor(M: int, B: int, K: int, bandwidth: float, flops: float) -> tuple[float, str]:
     """The least time of one iteration (seconds) and what bounds it (see the module doc)."""
     r = min(M, B)  # the solver's coordinates: sample space (H = Z Zᵀ, M x M) when M <= B
-    n_read = 2 * r * r * 8 if M <= B else 2 * M * B * 8
-    n_flop = 2 * 2 * K * r * r if M <= B else 2 * 2 * K * M * B
+    # One product with H per iteration (PM = P H; the atoms' image XM is updated atom by atom in the
+    # U-step); in feature space, Z is read twice (C = Z Uᵀ and P = Vᵀ Z).
+    n_read = r * r * 8 if M <= B else 2 * M * B * 8
+    n_flop = 2 * K * r * r if M <= B else 2 * 2 * K * M * B
     t_mem, t_flop = n_read / bandwidth, n_flop / flops
     return max(t_mem, t_flop), ("memory" if t_mem >= t_flop else "compute") + \
         f" ({n_read / 2**20:.0f} MB read at {bandwidth / 1e9:.1f} GB/s = {1e3 * t_mem:.2f} ms; " \
