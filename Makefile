@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all run train-mini train-scorer quality paper causal bench bench-peers clean
+.PHONY: install test test-all run train-mini train-scorer quality paper causal bench bench-peers bench-saelens bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,27 @@ bench-peers: install
 	$(PIP) install -e '.[bench]' && $(PIP) install --no-deps overcomplete==0.3.0
 	$(PY) bench/peers.py
 	$(PY) bench/planted.py --seeds 3
+
+# SAELens lives in its own venv, never in .venv: sae-lens pulls transformer-lens, datasets and more. torch==2.13.0
+# goes in first (the CPU build on local disk) so that no second torch or CUDA wheels land; coxlmm is installed
+# editable beside it, so both libraries are evaluated by the same code (bench/sae_vs_saelens.py).
+VENV_BENCH := .venv-bench
+$(VENV_BENCH)/.installed: pyproject.toml Makefile
+	test -x $(VENV_BENCH)/bin/python || $(PYTHON) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/pip install torch==2.13.0
+	$(VENV_BENCH)/bin/pip install sae-lens==6.54.12
+	$(VENV_BENCH)/bin/pip install -e .
+	@$(VENV_BENCH)/bin/pip list 2>/dev/null | grep -E '^(torch|nvidia)' ; \
+	  test "$$($(VENV_BENCH)/bin/pip list 2>/dev/null | grep -cE '^(torch |nvidia)')" = 1 || { echo "a second torch or CUDA wheels landed in $(VENV_BENCH)"; exit 1; }
+	touch $@
+
+bench-saelens: $(VENV_BENCH)/.installed
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(VENV_BENCH)/bin/python bench/sae_vs_saelens.py --epochs 10 $(ARGS)
+
+bench-scale: install
+	OMP_NUM_THREADS=1 $(PY) bench/semi_nmf_scale.py --part small
+	OMP_NUM_THREADS=1 $(PY) bench/semi_nmf_scale.py --part 200k
+	OMP_NUM_THREADS=1 $(PY) bench/semi_nmf_scale.py --part 7b
 
 clean:
 	rm -rf outputs/multirun outputs/runs .pytest_cache

@@ -53,6 +53,10 @@ class FitConfig:
     # replicates of the fit for every method (deterministic ones included), and a method's spread over
     # seeds includes its fit variance.
     resample: bool = False
+    # Read the training features from the store's shards in blocks (memory bounded by a block; docs/methods.md,
+    # "Fits that stream"); rows per block (null: min(4096, M); SAEs and batched Semi-NMF use their own sizes).
+    stream: bool = False
+    block_rows: Optional[int] = None
 
 
 @dataclass

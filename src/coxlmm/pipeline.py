@@ -296,6 +296,14 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
             raise CoxlmmError(f"dictionary_path={cfg.dictionary_path!r} has atoms of width {dictionary.U.shape[1]}, "
                               f"the features {Z_train.shape[1]}: it belongs to another model.")
         V_train = dictionary.encode(Z_train)
+    elif cfg.fit.stream and stores is not None:  # from the store's shards, block by block (docs/methods.md)
+        from coxlmm.extraction.reader import ShardRows
+
+        if len(stores.train) > 1 or cfg.fit.resample:
+            raise CoxlmmError(f"fit.stream=true reads one word's store entry in blocks: it takes one token (this run "
+                              f"has {stores.words}) and no fit.resample (a bootstrap needs the rows in memory).")
+        dictionary = dictionary_factory(cfg)(cfg.seed).fit_stream(ShardRows(stores.train[0], layer), cfg.fit.block_rows)
+        V_train = dictionary.encode(Z_train)
     else:
         dictionary = refit(Z_train, cfg.seed)
         # A resampled fit saw some rows twice and others not at all: code every training row.

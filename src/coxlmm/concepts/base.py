@@ -156,6 +156,32 @@ class Dictionary(abc.ABC):
         self.V_train = V.detach().to("cpu", torch.float32).contiguous()
         return self
 
+    def fit_stream(self, rows, block_rows: int | None = None) -> "Dictionary":
+        """Learn U from a `Rows` source (`coxlmm.extraction.reader`: a feature-store entry's
+        shards, `ShardRows(store, layer)`, or a tensor) read in blocks, never holding Z whole:
+        peak memory is bounded by a block (`block_rows` rows, default min(4096, M), or the
+        method's own `batch_size` / `shuffle_rows`), not by M. Sets `U`; `V_train` stays None (encode what you need).
+        Deterministic for a seed: an interrupted streamed fit rerun gives the same dictionary."""
+        from coxlmm.extraction.reader import check_batch_size, rows_of
+
+        rows = rows_of(rows)
+        block_rows = check_batch_size(min(4096, rows.n_rows) if block_rows is None else block_rows,
+                                      rows.n_rows, "block_rows")
+        if self.n_concepts > rows.n_rows:
+            raise CoxlmmError(
+                f"n_concepts={self.n_concepts} is larger than the number of samples M={rows.n_rows}: "
+                f"a dictionary of K concepts needs at least K samples. Use n_concepts <= {rows.n_rows}."
+            )
+        U = self._fit_stream(rows, block_rows)
+        rows.check()
+        self.U = U.detach().to("cpu", torch.float32).contiguous()
+        self.V_train = None
+        return self
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        """U (K, B) learnt from a `Rows` source in blocks (see `fit_stream`)."""
+        raise CoxlmmError(f"method {self.name!r} cannot fit from a stream of batches; use fit(Z).")
+
     def encode(self, Z: torch.Tensor) -> torch.Tensor:
         """Activations V (M, K) float32 CPU of features Z (M, B) with U fixed."""
         U = self._fitted_U()
@@ -229,6 +255,22 @@ class Dictionary(abc.ABC):
         state = "fitted" if self.U is not None else "unfitted"
         return (f"{type(self).__name__}(name={self.name!r}, n_concepts={self.n_concepts}, "
                 f"seed={self.seed}, {state})")
+
+
+def stream_blocks(rows, size: int, dtype: torch.dtype = COMPUTE_DTYPE, device: Any = "cpu"):
+    """One pass over a `Rows` source: blocks (≤ size, B) in `dtype` on `device`, each checked
+    finite; the source is checked unchanged first (a feature-store entry rewritten mid-fit)."""
+    rows.check()
+    seen = 0
+    for z in rows.blocks(size):
+        bad = (~torch.isfinite(z)).any(dim=1)
+        if bool(bad.any()):
+            raise CoxlmmError(
+                f"Z contains non-finite values (NaN or inf) in row {seen + int(bad.nonzero()[0, 0])}. "
+                "Dictionaries need finite features; drop or recompute those samples."
+            )
+        seen += len(z)
+        yield z.to(device, dtype)
 
 
 def top_eigh(S: torch.Tensor, k: int, max_iter: int = 100, tol: float = 1e-12

@@ -9,6 +9,9 @@ Lloyd; `tol` is scikit-learn's: the centres' move relative to the features' vari
 hand-written torch version reached the same inertia 4-6x slower (bench/peers.py), so it was
 dropped. Encoding is torch on `device`. `decode` returns, for each row of V, the centroid of its
 most active concept (the k-means reconstruction); V U would mean nothing for these activations.
+Streamed (`fit_stream`), the clustering is scikit-learn's incremental form, `MiniBatchKMeans`
+(`partial_fit` on each block, `STREAM_PASSES` passes, seeded): memory is one block, and the
+centroids are close to, not equal to, Lloyd's.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import Dictionary, check_number
+from coxlmm.concepts.base import Dictionary, check_number, stream_blocks
+from coxlmm.errors import CoxlmmError
+
+STREAM_PASSES = 5  # passes of MiniBatchKMeans.partial_fit over the blocks of a streamed fit
 
 
 def squared_distances(Z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -64,6 +70,26 @@ class KMeans(Dictionary):
         self.n_iter_ = int(km.n_iter_)
         U = torch.from_numpy(km.cluster_centers_).to(Z.device, Z.dtype)
         return U, inverse_distance(Z, U)
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        from sklearn.cluster import MiniBatchKMeans
+
+        if block_rows < self.n_concepts:
+            raise CoxlmmError(f"kmeans: a streamed fit reads blocks of block_rows={block_rows} rows, fewer than "
+                              f"n_concepts={self.n_concepts} clusters; use block_rows >= {self.n_concepts}.")
+        km = MiniBatchKMeans(n_clusters=self.n_concepts, random_state=self.seed, n_init=1,
+                             batch_size=block_rows)
+        for _ in range(STREAM_PASSES):
+            pending = None  # a short last block joins the next one, so every partial_fit sees >= K rows
+            for z in stream_blocks(rows, block_rows):
+                z = z if pending is None else torch.cat([pending, z])
+                if len(z) < self.n_concepts:
+                    pending = z
+                    continue
+                km.partial_fit(z.numpy())
+                pending = None
+        self.n_iter_ = STREAM_PASSES
+        return torch.from_numpy(km.cluster_centers_).double()
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
         return inverse_distance(Z, self.U.to(Z.device, Z.dtype))

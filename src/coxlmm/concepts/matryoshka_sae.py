@@ -12,17 +12,16 @@ K/8, K/4, K/2 (rounded, at least 1). BatchTopK lets a sample use more or fewer t
 while the batch averages k. At inference a sample cannot see a batch: latents fire when their
 activation exceeds one threshold θ, set after training so that the training features average
 exactly k active latents per sample (the k·M-th largest training activation), as BatchTopK's
-JumpReLU inference does. Training otherwise as in `concepts/sae.py` (AuxK on the full
-reconstruction, unit-norm decoder, Lightning `Trainer.fit`).
+JumpReLU inference does (`batchtopk_sae.BatchTopKSAE`, which this class extends with the nested
+loss). Training otherwise as in `concepts/sae.py` (AuxK on the full reconstruction, unit-norm
+decoder, Lightning `Trainer.fit`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
-
-from coxlmm.concepts.sae import SparseAutoencoder, batch_topk_codes
+from coxlmm.concepts.batchtopk_sae import BatchTopKSAE
 from coxlmm.errors import CoxlmmError
 
 
@@ -32,11 +31,10 @@ def default_group_sizes(K: int) -> list[int]:
     return [e - s for s, e in zip([0] + ends[:-1], ends)]
 
 
-class MatryoshkaSAE(SparseAutoencoder):
+class MatryoshkaSAE(BatchTopKSAE):
     """Matryoshka BatchTopK SAE: nested groups of latents, k active per sample on average."""
 
     method = "matryoshka_sae"
-    _state_names = SparseAutoencoder._state_names + ("threshold",)
 
     def __init__(self, n_concepts: int, *args: Any, group_sizes: Sequence[int] | None = None,
                  **kwargs: Any) -> None:
@@ -49,16 +47,9 @@ class MatryoshkaSAE(SparseAutoencoder):
                 f"{default_group_sizes(self.n_concepts)})."
             )
         self.group_sizes = sizes
-        self.threshold: torch.Tensor | None = None  # (1,) θ of inference, in training units
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "group_sizes": list(self.group_sizes)}
-
-    def sparsify(self, a: torch.Tensor) -> torch.Tensor:
-        return batch_topk_codes(a, self.k)
-
-    def activate(self, a: torch.Tensor) -> torch.Tensor:
-        return a * (a > self.threshold.to(a.device))
 
     def squared_errors(self, base, c, Pq, G):
         """The full model's errors, and the mean over prefixes m_g of their FVU (nested groups)."""
@@ -73,7 +64,14 @@ class MatryoshkaSAE(SparseAutoencoder):
             start = end
         return r2, total / len(self.group_sizes)
 
-    def calibrate(self, a: torch.Tensor) -> None:
-        flat = a.flatten()
-        n_keep = min(self.k * len(a), flat.numel() - 1)
-        self.threshold = flat.topk(n_keep + 1).values[-1:].to(torch.float32).clone()
+    def direct_errors(self, xc, c, U):
+        """The full model's residual and errors, and the mean over prefixes of their FVU, each
+        prefix's residual formed by taking its group's reconstruction off the last one."""
+        total, resid, start = 0.0, xc, 0
+        for size in self.group_sizes:
+            end = start + size
+            resid = resid - c[:, start:end] @ U[start:end]
+            r2 = resid.pow(2).sum(1)
+            total = total + r2.mean()
+            start = end
+        return r2, total / len(self.group_sizes), resid

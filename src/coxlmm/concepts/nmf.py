@@ -14,6 +14,12 @@ non-negative start drawn from the seed; stops when the relative decrease of the 
 10 iterations falls below 10 × `tol`. Afterwards the atoms are scaled to unit norm (V scaled
 inversely, V U unchanged) and `V_train` is the exact non-negative least-squares encoding, the same
 as `encode(Z)`.
+
+Streamed (`fit_stream`): online alternation with running sufficient statistics, one pass over
+the blocks per iteration: each block's V_b is its exact NNLS code with U fixed, A += V_bᵀ V_b and
+P += V_bᵀ X_b accumulate, and one HALS sweep of U uses (A, P); memory is one block plus K × B.
+(`shift: min` first takes one pass for the minimum.) Same objective, its own path from a random
+U drawn from the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import Dictionary, check_choice, check_number
+from coxlmm.concepts.base import Dictionary, check_choice, check_number, stream_blocks
 from coxlmm.concepts.lasso import gram, nonneg_quadratic
 from coxlmm.errors import CoxlmmError
 
@@ -80,6 +86,39 @@ class NMF(Dictionary):
         U[alive] = U[alive] / norms[alive, None]  # unit atoms; V U unchanged up to the rescale
         self.offset = self.offset.to("cpu", torch.float32)
         return U, self._nnls(X, U)
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        B, K = rows.dim, self.n_concepts
+        if self.shift == "min":
+            self.offset = torch.stack([z.min(0).values for z in stream_blocks(rows, block_rows)]).min(0).values
+        else:
+            self.offset = torch.zeros(B, dtype=torch.float64)
+        n, x_sum, x2 = 0, 0.0, 0.0
+        for z in stream_blocks(rows, block_rows):
+            X = self._nonnegative_features(z)
+            n, x_sum, x2 = n + X.numel(), x_sum + float(X.sum()), x2 + float(X.pow(2).sum())
+        gen = torch.Generator().manual_seed(self.seed)
+        U = ((x_sum / n) / K) ** 0.5 * torch.rand(K, B, generator=gen, dtype=torch.float64)
+        best: list[float] = []
+        for it in range(self.max_iter):
+            A, P = torch.zeros(K, K, dtype=torch.float64), torch.zeros(K, B, dtype=torch.float64)
+            G = gram(U)
+            for z in stream_blocks(rows, block_rows):
+                X = self._nonnegative_features(z)
+                V = nonneg_quadratic(G, X @ U.T)
+                A += V.T @ V
+                P += V.T @ X
+            U = _hals_rows(U, A, P)
+            f = 0.5 * (x2 - 2 * float((P * U).sum()) + float((A * (U @ U.T)).sum()))
+            best.append(min(f, best[-1]) if best else f)
+            if len(best) > WINDOW and best[-1 - WINDOW] - best[-1] < self.tol * WINDOW * abs(best[-1]):
+                break
+        self.n_iter_ = it + 1
+        norms = U.norm(dim=1)
+        alive = norms > 0
+        U[alive] = U[alive] / norms[alive, None]
+        self.offset = self.offset.to("cpu", torch.float32)
+        return U
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
         return self._nnls(self._nonnegative_features(Z), self.U.to(Z.device, Z.dtype))

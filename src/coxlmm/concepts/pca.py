@@ -9,6 +9,10 @@ Deterministic: the seed only completes the basis when K exceeds the rank of the 
 Signs follow scikit-learn's PCA (>= 1.5, the reference pins 1.5.2): the entry of largest
 magnitude of each u_k is positive (`svd_flip(u_based_decision=False)`), so the same components
 give the same top concepts and words as `sklearn.decomposition.PCA(K).components_`.
+
+Streamed (`fit_stream`): one pass accumulates the mean and the centred scatter matrix (B, B) in
+float64, and U comes from its top-K eigenvectors with the same signs: the same components as the
+in-memory fit, to round-off, with memory bounded by a block and B².
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import COMPUTE_DTYPE, Dictionary, random_unit_rows, svd_top
+from coxlmm.concepts.base import (COMPUTE_DTYPE, Dictionary, flip_signs, random_unit_rows,
+                                  stream_blocks, svd_top, top_eigh)
 from coxlmm.errors import CoxlmmError
 
 
@@ -49,6 +54,29 @@ class PCA(Dictionary):
             U = _complete_orthonormal(U, K, torch.Generator().manual_seed(self.seed))
         self.mean = mean.to("cpu", torch.float32)
         return U, Zc @ U.T
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        K, B = self.n_concepts, rows.dim
+        if K > B:
+            raise CoxlmmError(f"pca: n_concepts={K} exceeds the feature dimension B={B}; use n_concepts <= {B}.")
+        n, z0, total, scatter = 0, None, None, None
+        for z in stream_blocks(rows, block_rows, COMPUTE_DTYPE):
+            if z0 is None:  # shifted by the first row, so a large common offset cancels no digits
+                z0 = z[0].clone()
+                total, scatter = torch.zeros_like(z0), torch.zeros(B, B, dtype=COMPUTE_DTYPE)
+            d = z - z0
+            total += d.sum(0)
+            scatter += d.T @ d
+            n += len(z)
+        m = total / n
+        scatter -= n * torch.outer(m, m)  # Σ (z − z̄)ᵀ (z − z̄)
+        evals, E = top_eigh(scatter, K)
+        r = int((evals > 1e-20 * max(float(evals[0]), 1e-300)).sum())
+        U = (E[:, :r] * flip_signs(E[:, :r])).T
+        if len(U) < K:
+            U = _complete_orthonormal(U, K, torch.Generator().manual_seed(self.seed))
+        self.mean = (z0 + m).to(torch.float32)
+        return U
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
         U = self.U.to(Z.device, Z.dtype)

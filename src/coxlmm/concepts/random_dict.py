@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
-                                  random_unit_rows)
+                                  random_unit_rows, stream_blocks)
 from coxlmm.concepts.lasso import nonneg_lasso
 
 
@@ -45,6 +45,14 @@ class RandomDictionary(Dictionary):
         gen = torch.Generator().manual_seed(self.seed)
         U = random_unit_rows(self.n_concepts, Z.shape[1], gen).to(Z.device, Z.dtype)
         return U, self._activations(Z, U)
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        if self.alpha_scale == "absolute":  # the data only gives B
+            self.alpha_effective_ = self.alpha
+        else:  # the median row norm: one float per row
+            norms = torch.cat([z.norm(dim=1) for z in stream_blocks(rows, block_rows)])
+            self.alpha_effective_ = self.alpha * float(norms.median())
+        return random_unit_rows(self.n_concepts, rows.dim, torch.Generator().manual_seed(self.seed))
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
         return self._activations(Z, self.U.to(Z.device, Z.dtype))

@@ -26,16 +26,39 @@ made fast:
     products of atoms come from K×r products.
 The loop stops when the objective fell by less than `tol` (relative, per iteration) over the
 last 10 iterations. A last V-step makes `V_train` equal to `encode(Z)`.
+
+At scale (`batch_size` set, or `fit_stream` from a feature-store entry): online Semi-NMF with
+running sufficient statistics (Mairal, Bach, Ponce & Sapiro 2010, "Online learning for matrix
+factorization and sparse coding"), the same objective, memory bounded by the batch. The rows are
+read in blocks of `batch_size`, in a seeded random order, for at most `passes` passes. For each
+block Z_b (n, B): C = Z_b Uᵀ − α, the V-step (below), the pass's sums A_pass += V_bᵀ V_b (K, K)
+and P_pass += V_bᵀ Z_b (K, B), and one sweep of the same atom update on A = A_pass + w A_last,
+P = P_pass + w P_last, with the last pass's sums weighted by the fraction w of rows this pass has
+not yet seen (so no stale code outlives a pass): 2 K (K + B) numbers, whatever M. The objective of
+a pass (each block's at the atoms it was coded with) stops the loop when it falls by less than
+`tol` (relative). The SVD initialisation comes from the streamed Gram Zᵀ Z (B, B). The V-step per
+block (`v_solver`):
+  * `exact`: block principal pivoting (`lasso.nonneg_quadratic`), exact, started from the support
+    of the FISTA steps below; its cost grows with the size of each row's support (|F|³), cheap
+    for small K or sparse codes;
+  * `fista`: `fista_iter` steps of accelerated projected gradient (Beck & Teboulle 2009) on the
+    same problem, step 1/λ_max(G), from the ReLU'd least-squares-diagonal start
+    max(0, C) / diag(G); each step one (n, K) × (K, K) product, so its cost is linear in K²;
+  * `auto` (default): `exact` when K <= `exact_max_k` (64), `fista` above.
+The big products (Z_b Uᵀ, V_bᵀ Z_b) run in float32, the statistics accumulate in float64.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
-                                  flip_signs, random_unit_rows, top_eigh)
+                                  flip_signs, random_unit_rows, stream_blocks, top_eigh)
+from coxlmm.concepts.base import resolve_device
+from coxlmm.errors import CoxlmmError
 from coxlmm.concepts.lasso import nonneg_lasso, nonneg_quadratic, regularised
 
 WINDOW = 10  # iterations over which the relative decrease is measured for stopping
@@ -115,7 +138,8 @@ class SemiNMF(Dictionary):
     def __init__(self, n_concepts: int, seed: int = 0, device: str = "cpu", name: str | None = None,
                  display_name: str | None = None, alpha: float = 1.0, alpha_scale: str = "absolute",
                  max_iter: int = 1000, tol: float = 1e-7, init: str = "svd",
-                 extrapolate: bool = True) -> None:
+                 extrapolate: bool = True, batch_size: int | None = None, v_solver: str = "auto",
+                 exact_max_k: int = 64, fista_iter: int = 20, passes: int = 10) -> None:
         super().__init__(n_concepts, seed, device, name, display_name)
         self.alpha = float(check_number("semi_nmf", "alpha", alpha))
         self.alpha_scale = check_choice("semi_nmf", "alpha_scale", alpha_scale, ("absolute", "relative"))
@@ -124,17 +148,37 @@ class SemiNMF(Dictionary):
         self.tol = float(check_number("semi_nmf", "tol", tol))
         self.init = check_choice("semi_nmf", "init", init, ("svd", "random"))
         self.extrapolate = bool(extrapolate)
+        self.batch_size = None if batch_size is None else check_number(
+            "semi_nmf", "batch_size", batch_size, minimum=1, integer=True)
+        self.v_solver = check_choice("semi_nmf", "v_solver", v_solver, ("auto", "exact", "fista"))
+        self.exact_max_k = check_number("semi_nmf", "exact_max_k", exact_max_k, minimum=0, integer=True)
+        self.fista_iter = check_number("semi_nmf", "fista_iter", fista_iter, minimum=1, integer=True)
+        self.passes = check_number("semi_nmf", "passes", passes, minimum=1, integer=True)
         self.objective_: list[float] = []  # objective after each outer iteration of the last fit
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "alpha_scale": self.alpha_scale, "max_iter": self.max_iter,
-                "tol": self.tol, "init": self.init, "extrapolate": self.extrapolate}
+                "tol": self.tol, "init": self.init, "extrapolate": self.extrapolate,
+                "batch_size": self.batch_size, "v_solver": self.v_solver,
+                "exact_max_k": self.exact_max_k, "fista_iter": self.fista_iter, "passes": self.passes}
+
+    @property
+    def v_step(self) -> str:
+        """The V-step of the batched solver: `exact` or `fista` (`auto` decided by K)."""
+        if self.v_solver != "auto":
+            return self.v_solver
+        return "exact" if self.n_concepts <= self.exact_max_k else "fista"
 
     @property
     def n_iter_(self) -> int:
         return len(self.objective_)
 
     def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_size is not None:
+            from coxlmm.extraction.reader import TensorRows
+
+            U = self._fit_stream(TensorRows(Z), self.batch_size)
+            return U, self._codes(Z, U)
         gen = torch.Generator().manual_seed(self.seed)  # CPU: same draws on every device
         sp = _Space(Z)
         self.alpha_effective_ = alpha = effective_alpha(self.alpha, self.alpha_scale, Z)
@@ -182,7 +226,119 @@ class SemiNMF(Dictionary):
         return U, nonneg_lasso(Z, U, alpha, V)
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
-        return nonneg_lasso(Z, self.U.to(Z.device, Z.dtype), self.alpha_effective_)
+        return self._codes(Z, self.U.to(Z.device, Z.dtype))
+
+    def _codes(self, Z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """V (M, K) for Z with atoms U: the exact lasso, or the batched solver's V-step by batch."""
+        if self.batch_size is None:
+            return nonneg_lasso(Z, U, self.alpha_effective_)
+        G = regularised(U @ U.T)
+        return torch.cat([self._v_step(G, z @ U.T - self.alpha_effective_) for z in Z.split(self.batch_size)])
+
+    # --- the batched solver (module doc: "At scale") -------------------------------------------
+    def _v_step(self, G: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        V = fista_nonneg(G, C, self.fista_iter)
+        # exact: block principal pivoting from FISTA's support (from C > 0 it starts with about K/2
+        # coordinates per row and costs |F|³); usually one or two pivots from there.
+        return nonneg_quadratic(G, C, V) if self.v_step == "exact" else V
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        from coxlmm.extraction.reader import check_batch_size
+
+        batch = check_batch_size(self.batch_size or block_rows, rows.n_rows, "semi_nmf: batch_size")
+        dev = resolve_device(self.device)
+        f64, f32 = torch.float64, torch.float32
+        B, K = rows.dim, self.n_concepts
+        gen = torch.Generator().manual_seed(self.seed)
+        # One pass: the Gram matrix Zᵀ Z (B, B), ‖Z‖², and what relative α needs (the row norms).
+        gram = torch.zeros(B, B, dtype=f64, device=dev)
+        norms = []
+        for z in stream_blocks(rows, batch, f32, dev):
+            gram += (z.T @ z).to(f64)
+            norms.append(z.norm(dim=1).cpu())
+        z2 = float(gram.diagonal().sum())
+        self.alpha_effective_ = alpha = (self.alpha if self.alpha_scale == "absolute"
+                                         else self.alpha * float(torch.cat(norms).median()))
+        del norms
+        if self.init == "svd":
+            evals, E = top_eigh(gram, K, tol=1e-8)
+            S = evals.clamp_min(0).sqrt()
+            r = int((S > 1e-10 * S[0]).sum()) if len(S) and float(S[0]) > 0 else 0
+            U = random_unit_rows(K, B, gen).to(dev)
+            # scikit-learn's signs: the largest |entry| of each column of L = Z E (streamed).
+            best = torch.full((r,), -1.0, dtype=f64, device=dev)
+            sign = torch.ones(r, dtype=f64, device=dev)
+            for z in stream_blocks(rows, batch, f64, dev):
+                L = z @ E[:, :r]
+                m, i = L.abs().max(0)
+                better = m > best
+                best = torch.where(better, m, best)
+                sign = torch.where(better, torch.sign(L.gather(0, i[None])[0]), sign)
+            sign[sign == 0] = 1
+            U[:r] = (E[:, :r] * sign).T * S[:r, None]
+        else:
+            U = random_unit_rows(K, B, gen).to(dev)
+        del gram
+        U = U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
+        M, n_blocks = rows.n_rows, math.ceil(rows.n_rows / batch)
+        A_last = P_last = None  # the last pass's statistics
+        self.objective_ = []
+        for epoch in range(self.passes):
+            rows.check()
+            f = 0.0  # the pass's objective, each block's at the atoms it was coded with
+            A_pass = torch.zeros(K, K, dtype=f64, device=dev)
+            P_pass = torch.zeros(K, B, dtype=f64, device=dev)
+            seen = 0
+            for b in torch.randperm(n_blocks, generator=gen).tolist():
+                z = rows.read(b * batch, min((b + 1) * batch, M)).to(dev, f32)
+                if not bool(torch.isfinite(z).all()):
+                    raise CoxlmmError(f"Z contains non-finite values (NaN or inf) in rows {b * batch}.."
+                                      f"{b * batch + len(z) - 1}; dictionaries need finite features.")
+                G = regularised(U @ U.T)
+                ZU = (z @ U.to(f32).T).to(f64)
+                V = self._v_step(G, ZU - alpha)
+                f += 0.5 * float(z.double().pow(2).sum()) - float((V * ZU).sum()) \
+                    + 0.5 * float(((V @ G) * V).sum()) + alpha * float(V.sum())
+                # Running statistics (Mairal et al. 2010): this pass's blocks so far, plus the last
+                # pass's in proportion to the rows this pass has not yet seen, so that at the end of
+                # a pass A and P hold this pass's codes only (no stale codes survive a pass).
+                A_pass += V.T @ V
+                P_pass += (V.to(f32).T @ z).to(f64)
+                seen += len(z)
+                if A_last is None:
+                    A, P = A_pass, P_pass
+                else:
+                    A, P = A_pass + (1 - seen / M) * A_last, P_pass + (1 - seen / M) * P_last
+                U = _update_atoms(U, U, A, P, P, same=True)[0]
+                dead = A.diagonal() <= 1e-12 * max(float(A.diagonal().max()), 1e-300)
+                if bool(dead.any()):  # atoms no sample used yet: the worst-coded rows of this block
+                    r2 = z.double().pow(2).sum(1) - 2 * (V * ZU).sum(1) + ((V @ G) * V).sum(1)
+                    worst = r2.topk(min(int(dead.sum()), len(z))).indices
+                    fresh = z[worst].double() - V[worst] @ U
+                    idx = dead.nonzero()[:, 0][: len(worst)]
+                    U[idx] = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            A_last, P_last = A_pass, P_pass
+            self.objective_.append(f)
+            if epoch and self.objective_[-2] - f < self.tol * abs(f):
+                break
+        return U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def fista_nonneg(G: torch.Tensor, C: torch.Tensor, n_iter: int) -> torch.Tensor:
+    """Approximately argmin_{V >= 0} Σ_m ½ v_mᵀ G v_m − c_mᵀ v_m: `n_iter` accelerated projected-
+    gradient steps (FISTA, step 1/λ_max(G)), from max(0, C) / diag(G), in float32. G (K, K),
+    C (M, K) -> V (M, K) in C's dtype."""
+    L = float(torch.linalg.eigvalsh(G)[-1])
+    dtype = C.dtype
+    G, C = G.float(), C.float()  # an approximate step: float32 halves the cost of the (M, K) x (K, K) products
+    V = (C / G.diagonal()).clamp_min(0)
+    Y, t = V, 1.0
+    for _ in range(n_iter):
+        V_next = (Y - (Y @ G - C) / L).clamp_min(0)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        Y = V_next + ((t - 1) / t_next) * (V_next - V)
+        V, t = V_next, t_next
+    return V.to(dtype)
 
 
 def _update_atoms(X: torch.Tensor, XM: torch.Tensor, A: torch.Tensor, P: torch.Tensor,

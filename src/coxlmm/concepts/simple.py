@@ -5,7 +5,8 @@
     V (M, K)  1 / (1 + ‖z_m − u_k‖), as for k-means (reference code).
 
 Deterministic: the seed is accepted for the common interface and unused. `decode` returns the
-concept with the largest activation for each row, as for k-means.
+concept with the largest activation for each row, as for k-means. Streamed, the K largest rows
+seen so far are kept while the blocks pass (the same rows as in memory).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import Dictionary
+from coxlmm.concepts.base import COMPUTE_DTYPE, Dictionary, stream_blocks
 from coxlmm.concepts.kmeans import inverse_distance, nearest_concept_decode
 
 
@@ -32,6 +33,13 @@ class Simple(Dictionary):
         order = torch.sort(-norms, stable=True).indices[: self.n_concepts]
         U = Z[order].clone()
         return U, inverse_distance(Z, U)
+
+    def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
+        kept = None  # the K largest rows so far, in row order among equal norms
+        for z in stream_blocks(rows, block_rows, COMPUTE_DTYPE):
+            cand = z if kept is None else torch.cat([kept, z])
+            kept = cand[torch.sort(-cand.norm(dim=1), stable=True).indices[: self.n_concepts]].clone()
+        return kept
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
         return inverse_distance(Z, self.U.to(Z.device, Z.dtype))
