@@ -69,6 +69,7 @@ STREAMED = {
     "batchtopk_sae": (dict(n_concepts=8, k=2, max_epochs=3, batch_size=64), 1e-5),
     "matryoshka_sae": (dict(n_concepts=8, k=2, max_epochs=3, batch_size=64), 1e-5),
     "semi_nmf": (dict(n_concepts=8, batch_size=128, passes=3), 1e-8),
+    "semi_nmf_l0": (dict(n_concepts=8, batch_size=128, passes=3), 1e-8),  # Semi-NMF at a relative alpha
     "pca": (dict(n_concepts=8), 1e-6),
     "simple": (dict(n_concepts=8), 0.0),
     "random_dict": (dict(n_concepts=8, alpha_scale="relative", alpha=0.05), 0.0),
