@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all run train-mini train-scorer quality paper causal bench bench-peers bench-saelens bench-scale clean
+.PHONY: install test test-busy test-all run train-mini train-scorer quality paper causal bench bench-speed bench-peers bench-saelens bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q
+
+# the fast suite while two CPU-bound busy loops run beside it: PASS/FAIL and the wall time
+test-busy: install
+	bash bench/test_under_load.sh $(PY) -m pytest -q
 
 test-all: install
 	$(PY) -m pytest -q -m ''
@@ -69,6 +73,14 @@ bench: install
 	$(PY) bench/semi_nmf_vs_sklearn.py
 	$(PY) bench/depalm_probe.py
 	$(PY) bench/weights_fingerprint.py --reference-gb 2
+
+# Where users wait (README "Benchmarks"): a cached job against the commit before the fit cache and the thread
+# budget (SPEED_BEFORE), three cached jobs at once against three in a row, one generation for six tokens.
+SPEED_BEFORE ?= d991055
+bench-speed: install
+	$(PY) bench/cached_job.py --before $(SPEED_BEFORE)
+	$(PY) bench/concurrent_jobs.py --before $(SPEED_BEFORE)
+	$(PY) bench/token_harvest.py
 
 # The peer libraries are a bench extra, never runtime dependencies: overcomplete's declared requirements
 # (torchvision, timm, opencv) fight the torch pin, so it goes in with --no-deps (docs/methods.md).

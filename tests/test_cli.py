@@ -27,7 +27,7 @@ def setup(tiny_llava_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     card = load_card(tiny_llava_path)
     data = make_folder_dataset(tmp / "data", n_train=12, n_test=4, words=(card.single_piece_word,))
-    base = [f"model=hf", f"model.name_or_path={tiny_llava_path}", "data=folder", f"data.root={data}",
+    base = ["model=hf", f"model.name_or_path={tiny_llava_path}", "data=folder", f"data.root={data}",
             f"paths.cache_dir={tmp / 'cache'}", "extraction.max_new_tokens=20", "method.n_concepts=3"]
     return tmp, card, base
 
@@ -59,10 +59,13 @@ def test_run_writes_the_contract(setup):
     "overrides, message",
     [
         (["tokne=dog"], "tokne"),  # typo in a key: Hydra's own error at composition
+        # a value that is not one of the key's choices (config.py's enums): at composition, naming them
+        (["noise.images=blur"], "Invalid value 'blur', expected one of [noise, real]"),
+        (["extraction.store_dtype=int8"], "expected one of [float32, float16, bfloat16]"),
         (["token="], "token is empty"),
-        (["layers=[7]"], "layer 7 is out of range"),
+        pytest.param(["layers=[7]"], "layer 7 is out of range", marks=pytest.mark.slow),
         (["data.root=/does/not/exist"], "is not a directory"),
-        (["model.name_or_path=/no/such/model"], "/no/such/model"),
+        pytest.param(["model.name_or_path=/no/such/model"], "/no/such/model", marks=pytest.mark.slow),
         (["method=nope"], "nope"),
     ],
 )

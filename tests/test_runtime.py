@@ -19,9 +19,8 @@ import torch
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction import ExtractionSettings, extract, extract_noise
-from coxlmm.extraction.store import entry_lock
+from coxlmm.io import entry_lock
 from tests.extraction.conftest import make_folder_dataset
-from tests.fixtures.tiny_models import load_card
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
@@ -52,7 +51,7 @@ def model_copy(tiny_llava_path, tmp_path_factory):
 
 
 def base_args(model, data, cache):
-    return [f"model=hf", f"model.name_or_path={model}", "data=folder", f"data.root={data}",
+    return ["model=hf", f"model.name_or_path={model}", "data=folder", f"data.root={data}",
             f"paths.cache_dir={cache}", "extraction.max_new_tokens=20", "extraction.batch_size=4",
             "method.n_concepts=3", "token=dog", "figures=false", "report=false", "print_summary=false"]
 
@@ -99,10 +98,20 @@ def test_two_processes_share_one_extraction(tiny_llava_path, tmp_path):
 
 
 KILL_SCRIPT = """
-import sys
+import sys, threading
 from coxlmm.data.folder import ImageFolderCaptions
 from coxlmm.extraction import ExtractionSettings, extract
+from coxlmm.extraction.store import FeatureStore
 from coxlmm.models.hf import HFVisionLM
+
+write_shard = FeatureStore.write_shard
+
+def write_then_stop(self, *args, **kwargs):  # the first shard lands, then the job stops where it is
+    write_shard(self, *args, **kwargs)
+    print("SHARD", flush=True)
+    threading.Event().wait()
+
+FeatureStore.write_shard = write_then_stop
 lmm = HFVisionLM(name_or_path=sys.argv[1])
 ds = ImageFolderCaptions(sys.argv[2], split="train")
 extract(lmm, ds, "dog", [-1], ExtractionSettings(batch_size=2, max_new_tokens=20), sys.argv[3],
@@ -111,85 +120,125 @@ print("DONE")
 """
 
 
-def test_kill_9_after_the_first_shard_then_rerun_gives_the_same_z_bit_for_bit(tiny_llava_path, tmp_path):
+def test_kill_9_after_the_first_shard_then_rerun_gives_the_same_z_bit_for_bit(tiny_llava_path, tmp_path, caplog):
     from coxlmm.data.folder import ImageFolderCaptions
     from coxlmm.models.hf import HFVisionLM
 
-    data = make_folder_dataset(tmp_path / "data", n_train=160, n_test=0, words=("dog",))
+    data = make_folder_dataset(tmp_path / "data", n_train=12, n_test=0, words=("dog",))
     script = tmp_path / "extract.py"
     script.write_text(KILL_SCRIPT)
     root = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(tiny_llava_path), str(data), str(root)], cwd=REPO,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(root.glob("*/shard-*.json")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # the job stops itself after its first shard (a condition, not a race with a fast machine)
+        assert proc.stdout.readline().strip() == "SHARD", proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     (entry,) = [p for p in root.iterdir() if p.is_dir()]
-    if (entry / "manifest.json").exists():
-        pytest.skip("the extraction finished before the kill (machine too fast for 160 images)")
+    assert not (entry / "manifest.json").exists() and len(list(entry.glob("shard-*.json"))) == 1
     lmm = HFVisionLM(name_or_path=str(tiny_llava_path))
     ds = ImageFolderCaptions(str(data), split="train")
     s = ExtractionSettings(batch_size=2, max_new_tokens=20)
-    t0 = time.monotonic()
-    resumed = extract(lmm, ds, "dog", [-1], s, str(root), TRAINER, wait_report_s=1.0)
-    assert time.monotonic() - t0 < 60, "the dead job's lock was released by the OS: no wait"
-    assert resumed.dir == entry and resumed.manifest()["n_extracted"] < 160  # it resumed, not restarted
-    fresh = extract(lmm, ds, "dog", [-1], s, str(tmp_path / "fresh"), TRAINER)
+    # The killed job ran with one thread (ENV); a matmul split over other thread counts may differ in the
+    # last bit, so the resumed and the fresh extraction run with one thread as well.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with caplog.at_level("INFO", logger="coxlmm.io"):
+            resumed = extract(lmm, ds, "dog", [-1], s, str(root), TRAINER, wait_report_s=1.0)
+        assert not [r for r in caplog.records if "waiting for" in r.getMessage()], \
+            "the dead job's lock was released by the OS: no wait"
+        assert resumed.dir == entry and resumed.manifest()["n_extracted"] < 12  # it resumed, not restarted
+        fresh = extract(lmm, ds, "dog", [-1], s, str(tmp_path / "fresh"), TRAINER)
+    finally:
+        torch.set_num_threads(threads)
     Z_res, r_res = resumed.load([2])
     Z_new, r_new = fresh.load([2])
-    assert [r["index"] for r in r_res] == [r["index"] for r in r_new] == list(range(160))
+    assert [r["index"] for r in r_res] == [r["index"] for r in r_new] == list(range(12))
     assert torch.equal(Z_res[2], Z_new[2])
 
 
 WAIT_SCRIPT = """
-import sys
+import logging, signal, sys
 from pathlib import Path
-from coxlmm.extraction.store import entry_lock
-with entry_lock(Path(sys.argv[1]), "an entry"):
+from coxlmm.io import entry_lock
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if SIGINT came in ignored
+logging.basicConfig(filename=sys.argv[2], level=logging.INFO)
+with entry_lock(Path(sys.argv[1]), "an entry", wait_report_s=0.2):
     print("HELD", flush=True)
 """
 
 HOLD_SCRIPT = """
 import sys, time
 from pathlib import Path
-from coxlmm.extraction.store import entry_lock
+from coxlmm.io import entry_lock
+release = Path(sys.argv[2])
 with entry_lock(Path(sys.argv[1]), "an entry"):
     print("HELD", flush=True)
-    time.sleep(float(sys.argv[2]))
+    while not release.exists():  # held until the test says so: no fixed duration
+        time.sleep(0.02)
 """
 
 
+def wait_for(condition, what: str, timeout_s: float = 300.0) -> None:
+    """Poll `condition()` until it holds (a busy machine only makes this slower, never wrong)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_a_waiting_job_names_its_holder_and_ctrl_c_leaves_the_entry_untouched(tmp_path, caplog):
+    """Conditions, not sleeps: the holder holds until the test releases it, and the test releases it (or
+    sends Ctrl-C) only once the waiter has said that it waits."""
+    import logging
+
     entry = tmp_path / "store" / "abc"
     script = tmp_path / "hold.py"
     script.write_text(HOLD_SCRIPT)
-    holder = subprocess.Popen([sys.executable, str(script), str(entry), "3"], cwd=REPO, env=ENV,
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, str(script), str(entry), str(release)], cwd=REPO, env=ENV,
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "HELD"
-    with caplog.at_level("INFO", logger="coxlmm.extraction.store"):
-        t0 = time.monotonic()
-        with entry_lock(entry, "the test entry", wait_report_s=0.5):
-            waited = time.monotonic() - t0
-    holder.wait()
-    assert waited > 1.0
+
+    class ReleaseOnWait(logging.Handler):  # the waiter's first "waiting for" line lets the holder go
+        def emit(self, record):
+            if "waiting for the test entry" in record.getMessage():
+                release.touch()
+
+    store_log = logging.getLogger("coxlmm.io")
+    handler = ReleaseOnWait()
+    store_log.addHandler(handler)
+    try:
+        with caplog.at_level("INFO", logger="coxlmm.io"):
+            with entry_lock(entry, "the test entry", wait_report_s=0.2):
+                pass
+    finally:
+        store_log.removeHandler(handler)
+    assert holder.wait(timeout=300) == 0
     msgs = [r.getMessage() for r in caplog.records if "waiting for the test entry" in r.getMessage()]
-    assert msgs and f"pid {holder.pid}" in msgs[-1] and "since" in msgs[-1]
+    assert msgs and f"pid {holder.pid}" in msgs[0] and "since" in msgs[0]
 
     # Ctrl-C while waiting: the waiter stops; nothing of the entry changed.
-    holder = subprocess.Popen([sys.executable, str(script), str(entry), "30"], cwd=REPO, env=ENV,
+    release.unlink()
+    holder = subprocess.Popen([sys.executable, str(script), str(entry), str(release)], cwd=REPO, env=ENV,
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "HELD"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in entry.parent.iterdir())
-    waiter = subprocess.Popen([sys.executable, "-c", WAIT_SCRIPT, str(entry)], cwd=REPO, env=ENV,
+    waiter_log = tmp_path / "waiter.log"  # the waiter's own file: nothing else writes it
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT_SCRIPT, str(entry), str(waiter_log)], cwd=REPO, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    waiter.send_signal(signal.SIGINT)
-    out, err = waiter.communicate(timeout=30)
-    holder.kill()
-    holder.wait()
+    try:
+        wait_for(lambda: waiter_log.exists() and "waiting for an entry" in waiter_log.read_text(),
+                 "the waiter's 'waiting for' line")
+        waiter.send_signal(signal.SIGINT)
+        out, err = waiter.communicate(timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
     assert waiter.returncode != 0 and "HELD" not in out and "KeyboardInterrupt" in err
+    assert f"pid {holder.pid}" in waiter_log.read_text()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in entry.parent.iterdir()) == before
 
 
@@ -268,10 +317,9 @@ def cli_setup(tiny_llava_path, tmp_path_factory):
 
 @pytest.mark.parametrize("overrides, message", [
     (["extraction.batch_size=0"], "extraction.batch_size=0 is invalid"),
-    (["extraction.batch_size=-3"], "extraction.batch_size=-3 is invalid"),
-    (["layers=[]"], "layers=[] is empty"),
-    (["layers=[mid]"], "layer 'mid' is out of range"),
-    (["noise.images=blur", "metrics=paper"], "noise.images='blur' is invalid"),
+    pytest.param(["extraction.batch_size=-3"], "extraction.batch_size=-3 is invalid", marks=pytest.mark.slow),
+    pytest.param(["layers=[]"], "layers=[] is empty", marks=pytest.mark.slow),
+    pytest.param(["layers=[mid]"], "layer 'mid' is out of range", marks=pytest.mark.slow),
 ])
 def test_bad_runtime_input_is_one_paragraph(cli_setup, overrides, message):
     tmp, args = cli_setup
@@ -280,6 +328,7 @@ def test_bad_runtime_input_is_one_paragraph(cli_setup, overrides, message):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_layers_naming_one_block_twice_are_analysed_once(cli_setup):
     tmp, args = cli_setup
     run = tmp / "dup"
@@ -293,7 +342,7 @@ def test_layers_naming_one_block_twice_are_analysed_once(cli_setup):
 
 
 def test_a_failed_job_leaves_a_wandb_run_marked_failed_with_its_config(cli_setup):
-    from coxlmm.report.log import offline_run
+    from tests.report.wandb_reader import offline_run
 
     tmp, args = cli_setup
     run = tmp / "failed"
@@ -320,17 +369,44 @@ def test_dead_concepts_are_reported_with_the_numbers_and_a_working_alpha():
     assert dead_concepts_note(alive, Z, alive.V_train) == ""
 
 
-def test_noise_imgs_with_the_real_images_scores_the_same_as_the_method(cli_setup):
+PAPER_RUN = ["noise.images=real", "metrics=paper", "scorer=embedded", "seed=7"]  # a seed no other test fits
+
+
+@pytest.fixture(scope="module")
+def paper_run(cli_setup):
+    """One `metrics=paper` run (every fit of a job: the dictionary, the stability refit, the Noise-Imgs
+    dictionary), none of them in the module's fit cache yet: (run dir, its log)."""
+    tmp, args = cli_setup
+    run = tmp / "real"
+    out = coxlmm(*args, *PAPER_RUN, f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run, out.stdout + out.stderr
+
+
+def test_noise_imgs_with_the_real_images_scores_the_same_as_the_method(paper_run):
     """noise.images=real: the 'noise' source is each test sample's own image with its own prefix, i.e.
     the extraction itself, so the Noise-Imgs column must equal the method's (today's first-token path
     gave 0.504 against 0.817)."""
-    tmp, args = cli_setup
-    run = tmp / "real"
-    out = coxlmm(*args, "noise.images=real", "metrics=paper", "scorer=embedded", f"hydra.run.dir={run}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    run, _ = paper_run
     m = json.loads((run / "metrics.json").read_text())
     for key in ("cs_top1_mean", "bs_top1_mean"):
         assert m[f"noise_imgs_{key}"] == pytest.approx(m[key], abs=1e-4), key
+
+
+def test_a_cached_job_loads_no_model_weights_and_refits_no_dictionary(cli_setup, paper_run):
+    """The same job again: its features, readout and fits are cached, so it loads no model and fits nothing
+    (each of its five fits comes from the fit cache: the dictionary, the stability refit and the Noise-Imgs
+    dictionary of each of the 3 noise draws), and its metrics are the first run's."""
+    tmp, args = cli_setup
+    first, first_log = paper_run
+    assert first_log.count("fit: semi_nmf") + first_log.count("fit cache: semi_nmf") == 5  # (real noise = Z: cached)
+    assert first_log.count("fit: semi_nmf") >= 2
+    again = coxlmm(*args, *PAPER_RUN, f"hydra.run.dir={tmp / 'again'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "loading model" not in log and "no model weights loaded" in log
+    assert "fit: " not in log and log.count("fit cache: semi_nmf") == 5
+    assert metrics_of(tmp / "again") == metrics_of(first)
 
 
 def test_a_saved_dictionary_is_reused_on_its_layer_and_refused_on_another_before_any_model_runs(cli_setup):

@@ -14,23 +14,57 @@ from coxlmm.paths import CONF_DIR, REPO_ROOT
 from coxlmm.report.tables import collect, main as tables_main
 
 COXLMM = str(Path(sys.executable).parent / "coxlmm")
-# Config files of other groups the presets select; composing needs them all.
-NEEDED = ["method/semi_nmf.yaml", "method/simple.yaml", "method/pca.yaml", "metrics/core.yaml",
-          "scorer/embedded.yaml", "model/depalm_mini.yaml", "logger/default.yaml"]
+CONF = Path(CONF_DIR)
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def compose(experiment: str):
-    missing = [p for p in NEEDED if not (Path(CONF_DIR) / p).is_file()]
-    if missing:
-        pytest.skip(f"config groups not in the tree yet: {missing}")
+def compose(experiment: str, *overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from coxlmm.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
+
+
+def sweep_values(key: str, values: str) -> list[str]:
+    """The values a sweep parameter takes, as Hydra's sweeper splits them ("a,b" -> a, b)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (override,) = OverridesParser.create().parse_overrides([f"{key}={values}"])
+    return list(override.sweep_string_iterator())
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_composes_on_the_debug_preset_and_sweeps_valid_values(experiment):
+    """Each file of conf/experiment/ with debug=tiny, and each value of each of its sweep parameters composed
+    as that job is: a group's value is one of its files, the method and metrics build, the layers exist."""
+    from coxlmm.config import build
+    from coxlmm.models.spec import ModelSpec
+    from coxlmm.pipeline import dictionary_factory
+
+    cfg = compose(experiment, "debug=tiny")
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweep.dir == f"outputs/multirun/{experiment}"
+    assert cfg.data.n_train == 64 and cfg.extraction.max_new_tokens == 24  # debug=tiny applies with the preset
+    params = cfg.hydra.sweeper.params
+    assert params, f"experiment={experiment} sweeps nothing"
+    spec = ModelSpec(cfg.model)  # the store key and depth of the preset's model, no weights loaded
+    for key, values in params.items():
+        values = sweep_values(key, str(values))
+        assert values, (key, params[key])
+        if (CONF / key).is_dir():  # a config group: its values are its files
+            assert set(values) <= {p.stem for p in (CONF / key).glob("*.yaml")}, (key, values)
+        for value in values:
+            job = compose(experiment, "debug=tiny", f"{key}={value}")
+            dictionary_factory(job)(job.seed)
+            assert all(build(node) for node in job.metrics.values())
+            assert [spec.resolve_layer(layer) for layer in job.layers]  # in range of the model's blocks
+
+
+def test_every_preset_has_an_end_to_end_run():
+    assert set(PRESET_OVERRIDES) == set(EXPERIMENTS)  # the slow test below runs each of them
 
 
 @pytest.mark.parametrize("experiment, sweep_dir, params", [
@@ -93,6 +127,7 @@ def test_two_job_sweep_under_submitit_local_then_tables(tmp_path: Path):
     assert (sweep / "tables.csv").read_text().startswith("table,row,column,mean,std")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_job_sweep_on_tiny_llava_under_submitit_local(tmp_path: Path, tiny_llava_path):
     """The same path, fast: the tiny LLaVA, folder data, two tokens it generates, default suite."""

@@ -1,8 +1,9 @@
 """Hydra entry point: `coxlmm [overrides]`, `coxlmm -m ...` for sweeps (also `python -m coxlmm`).
 
-Each Hydra job opens its loggers (one W&B run, offline by default) with the composed config before any
-stage runs and closes them when it ends: `success`, or `failed` with its error, so a job that crashes
-still leaves its record.
+Each Hydra job first sizes its threads (`threads.py`: the CPUs it is given, divided among the jobs its
+launcher runs at once) and opens its loggers (one W&B run, offline by default) with the composed config,
+on a background thread, so the stages do not wait for W&B; it closes them when it ends: `success`, or
+`failed` with its error, so a job that crashes still leaves its record.
 """
 
 from __future__ import annotations
@@ -25,21 +26,28 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_PACKAGE, config_name="config")
 def _app(cfg: DictConfig) -> float | None:
-    import lightning.pytorch  # noqa: F401 - imported first so the level set below sticks
-
+    from coxlmm.config import device_of
     from coxlmm.pipeline import run
     from coxlmm.report.log import JobLog
+    from coxlmm.threads import loader_workers, size_job
 
-    # Lightning sets its own logger to INFO on import (device lines, tips): keep warnings only.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    quiet_lightning()
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except Exception as e:  # an interpolation that cannot resolve: the user's config, said plainly
         print(f"\ncoxlmm: error: the config does not resolve ({type(e).__name__}: {e})", file=sys.stderr)
         sys.exit(2)
+    # transformers 5's lazy top-level module is not safe to import from two threads at once ("cannot import name
+    # 'AutoTokenizer' from 'transformers"): the loggers' thread imports it through Lightning (torchmetrics), the
+    # stages through the readout's tokenizer. Imported here first, once; every job needs it for the readout.
+    import transformers  # noqa: F401
+
     job = JobLog(cfg.logger, resolved)
     try:
+        budget = size_job(cfg.threads)
+        on_accelerator = device_of(cfg.trainer.get("accelerator", "cpu")) != "cpu"
+        cfg.extraction.num_workers = loader_workers(cfg.extraction.num_workers, budget, on_accelerator)
+        log.info("data-loader workers of the model stages: %d", cfg.extraction.num_workers)
         metrics = run(cfg, job)
     except CoxlmmError as e:
         job.finish("failed", str(e))
@@ -69,6 +77,18 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return Schema.from_json(json.loads(path.read_text())).objective(metrics)
 
 
+def quiet_lightning() -> None:
+    """Lightning's info lines (devices, tips) stay out of the job's log; its warnings stay in. Lightning sets its
+    loggers to INFO when it is imported, which a job whose stages are cached never does (it costs seconds), so
+    the filter sits on the handlers Hydra configured, not on Lightning's loggers."""
+    def keep(record: logging.LogRecord) -> bool:
+        lightning = record.name.startswith(("lightning.pytorch", "lightning.fabric"))
+        return record.levelno >= logging.WARNING or not lightning
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(keep)
+
+
 def failed_page(cfg: DictConfig, error: str) -> None:
     """The run dir of a failed job still gets a report.html saying what is missing (never raises)."""
     from pathlib import Path
@@ -88,6 +108,10 @@ def main() -> None:
     # W&B never reaches a server unless the user asks for it (WANDB_MODE=online).
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that wait for work sleep instead of spinning (read once, when torch loads OpenMP: torch is
+    # not imported yet). On a machine that other processes share, spinning threads fight them for the cores: a
+    # Semi-NMF fit with 2 threads took 457 s beside other jobs, 23 s with passive waiting (threads.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Lightning 2.6 on torch 2.13 warns about its own use of a deprecated pytree API on every predict.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     _app()

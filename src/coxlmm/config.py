@@ -1,4 +1,5 @@
-"""Structured config schema: a typo in a key fails at composition with Hydra's own error.
+"""Structured config schema: a typo in a key, or a value that is not one of a key's choices (the `Choice`
+enums below), fails at composition with Hydra's own error, naming the key and the accepted values.
 
 Groups (`model`, `data`, `method`, `metrics`, `scorer`, `logger`, `trainer`) hold `_target_` objects
 and are typed `Any` here; their keys are still checked, because Hydra puts the whole config in struct
@@ -13,6 +14,7 @@ dictionaries are fitted and scorers run) defaults to the trainer's accelerator t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -21,17 +23,47 @@ from omegaconf import MISSING, OmegaConf
 from coxlmm.errors import CoxlmmError
 
 
+class Choice(str, Enum):
+    """The accepted values of a config key; a member's name is its value, so `key=value` on the command line
+    selects it, and it compares, prints and serialises (JSON, store keys) as that string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class StoredLayers(Choice):
+    all = "all"  # every layer and the final norm: one extraction serves every layer sweep
+    requested = "requested"  # only the run's `layers`
+
+
+class StoreDtype(Choice):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class NoiseImages(Choice):
+    noise = "noise"  # uniform pixel noise: the baseline
+    real = "real"  # the sample's own image: a check that reproduces the extraction
+
+
 @dataclass
 class ExtractionConfig:
     batch_size: int = 32
     max_new_tokens: int = 50
-    layers: str = "all"  # all | requested — "all" lets every layer sweep share one extraction
-    store_dtype: str = "float32"  # float32 | float16 | bfloat16
+    layers: StoredLayers = StoredLayers.all  # all | requested — "all" lets every layer sweep share one extraction
+    store_dtype: StoreDtype = StoreDtype.float32  # float32 | float16 | bfloat16
     require_gt: bool = True
     max_samples_train: Optional[int] = None
     max_samples_test: Optional[int] = None
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # data-loader workers; null: sized from the job's thread budget (threads.py)
     progress_every_s: float = 30.0  # a progress line (done/total, rate, ETA) this often in a log without a TTY
+    # Target tokens whose states the same greedy captions also harvest, each into its own store entry
+    # (a sweep over tokens captions each image once): e.g. [circle, square, star, heart]
+    tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -39,7 +71,7 @@ class NoiseConfig:
     """The position-matched noise source (Noise-Imgs baseline, prefix-only control): each selected
     sample's own caption prefix, teacher-forced after a noise image, read at the position that predicts t."""
 
-    images: str = "noise"  # noise | real (the sample's own image: a check that equals the extraction)
+    images: NoiseImages = NoiseImages.noise  # noise | real (the sample's own image: a check that equals the extraction)
     # One draw of the source per seed (Noise-Imgs and prefix-only average over them). Fixed, not the
     # job's seed: the same draws for every job of a (model, data, token, prompt), each cached once.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -113,6 +145,8 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    threads: Optional[int] = None  # torch/OpenMP/BLAS threads; null: the job's CPUs / its launcher's parallel jobs
+    dictionary_cache: bool = True  # fits cached by (content of Z, method config, seed) in <cache_dir>/dictionaries
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     dictionary_path: Optional[str] = None  # a run's dictionary.safetensors to use instead of fitting `method`
     figures: bool = True
@@ -167,22 +201,18 @@ def check_extraction(e: Any) -> None:
         raise bad("batch_size", e.batch_size, "use a positive number of images per batch, e.g. 32")
     if not isinstance(e.max_new_tokens, int) or e.max_new_tokens < 1:
         raise bad("max_new_tokens", e.max_new_tokens, "use a positive number of generated tokens, e.g. 50")
-    if e.layers not in ("all", "requested"):
-        raise bad("layers", e.layers, "use all (store every layer) or requested")
-    if e.store_dtype not in ("float32", "float16", "bfloat16"):
-        raise bad("store_dtype", e.store_dtype, "use float32, float16 or bfloat16")
     for key in ("max_samples_train", "max_samples_test"):
         v = getattr(e, key)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise bad(key, v, "use null (no cap) or a positive number of samples")
-    if not isinstance(e.num_workers, int) or e.num_workers < 0:
-        raise bad("num_workers", e.num_workers, "use 0 (load images in the main process) or more workers")
+    if not all(isinstance(t, str) and t.strip() and not any(c.isspace() for c in t.strip()) for t in e.tokens or ()):
+        raise bad("tokens", list(e.tokens), "use a list of single words, e.g. [circle, square, star, heart]")
+    if e.num_workers is not None and (not isinstance(e.num_workers, int) or e.num_workers < 0):
+        raise bad("num_workers", e.num_workers, "use null (sized from the job's threads), 0 (load images in the main "
+                  "process) or more workers")
 
 
 def check_noise(n: Any) -> None:
-    if n.images not in ("noise", "real"):
-        raise CoxlmmError(f"noise.images={n.images!r} is invalid: use noise (the baseline: uniform pixel noise) or "
-                          "real (each sample's own image: a check that reproduces the extraction).")
     seeds = list(n.seeds) if n.seeds is not None else []
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
         raise CoxlmmError(f"noise.seeds={seeds!r} is invalid: give one or more distinct integers, e.g. [0, 1, 2] "

@@ -63,7 +63,7 @@ def _tolerance(lmm) -> tuple[float, float]:
 def _generate(lmm, inputs: dict, layers: list[int], max_new_tokens: int):
     """Greedy captions with the last position of every hook point in `layers` and of the model's logits kept
     at each forward call -> (output, {l: [(B, H) per call]}, [(B, vocab) per call])."""
-    from coxlmm.extraction.capture import capture_last_position
+    from coxlmm.models.hooks import capture_last, hooked
 
     modules = lmm.logits_modules()
     seen: list[list[torch.Tensor]] = [[] for _ in modules]
@@ -75,13 +75,10 @@ def _generate(lmm, inputs: dict, layers: list[int], max_new_tokens: int):
                 seen[i].append(z[:, -1].detach().float())
         return hook
 
-    handles = [m.register_forward_hook(keep_logits(i)) for i, m in enumerate(modules)]
-    try:
-        with torch.inference_mode(), capture_last_position(lmm.hook_points(), layers) as rows:
-            out = lmm.generate(inputs, max_new_tokens=max_new_tokens)
-    finally:
-        for h in handles:
-            h.remove()
+    points = lmm.hook_points()
+    with (hooked(*((m, keep_logits(i)) for i, m in enumerate(modules))), torch.inference_mode(),
+          capture_last({l: points[l] for l in layers}) as rows):
+        out = lmm.generate(inputs, max_new_tokens=max_new_tokens)
     T = out.sequences.shape[1]
     logits = next((s for s in seen if len(s) == T), [])  # the outermost module that ran once per token
     return out, rows, logits

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from coxlmm.config import build, check_extraction, check_noise
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction import ExtractionSettings, FeatureStore, ensure_readout, extract, extract_noise
+from coxlmm.layer import Layer
 from coxlmm.metrics.base import NOISE_TEST, NOISE_TRAIN, EvalInput, MetricResult, Services, Split
 from coxlmm.metrics.run import run_facts
 from coxlmm.metrics.schema import Schema
-from coxlmm.models.base import layer_name
 from coxlmm.models.spec import ModelSpec
+from coxlmm.process import seed_everything
 from coxlmm.progress import duration
 from coxlmm.scorers.cache import CachedImages
 
@@ -43,31 +43,34 @@ log = logging.getLogger(__name__)
 
 # --- configuration helpers ---------------------------------------------------------------------------------
 def settings(cfg: DictConfig, split: str) -> ExtractionSettings:
+    from coxlmm.threads import sweep_jobs_at_once
+
     e = cfg.extraction
     return ExtractionSettings(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, layers=e.layers,
                               store_dtype=e.store_dtype, require_gt=e.require_gt, num_workers=e.num_workers,
                               max_samples=e.max_samples_train if split == "train" else e.max_samples_test,
-                              progress_every_s=e.progress_every_s)
+                              progress_every_s=e.progress_every_s, tokens=tuple(e.tokens or ()),
+                              share=sweep_jobs_at_once())
 
 
-def resolve_layers(spec, layers: list[Any]) -> list[int]:
-    """The requested layers as distinct indices, in the order given; a layer named twice (-1 and 29 on a
+def resolve_layers(spec, layers: list[Any]) -> list[Layer]:
+    """The requested layers as distinct `Layer`s, in the order given; a layer named twice (-1 and 29 on a
     30-block model, or [0, 0]) is analysed once, with a note."""
     if not layers:
         raise CoxlmmError("layers=[] is empty: give at least one layer, e.g. layers=[-1].")
-    resolved = [spec.resolve_layer(l) for l in layers]
+    resolved = [Layer.of(l, spec.num_layers, spec.model_id) for l in layers]
     distinct = list(dict.fromkeys(resolved))
     if len(distinct) < len(resolved):
         log.warning("layers=%s names the same block more than once; analysing %s once each", list(layers),
-                    [layer_name(l, spec.num_layers) for l in distinct])
+                    [l.name for l in distinct])
     return distinct
 
 
 def provenance(spec, layer: int, token: str) -> dict[str, Any]:
     """What a dictionary was fitted on: recorded in dictionary.safetensors, checked by `dictionary_path`."""
-    from coxlmm.extraction.store import store_key
+    from coxlmm.io import content_key
 
-    return {"model": store_key(spec.key), "model_id": spec.model_id, "layer": layer, "token": token}
+    return {"model": content_key(spec.key), "model_id": spec.model_id, "layer": layer, "token": token}
 
 
 def check_saved_dictionary(cfg: DictConfig, spec, layers: list[int]) -> None:
@@ -95,12 +98,13 @@ def check_saved_dictionary(cfg: DictConfig, spec, layers: list[int]) -> None:
 
 
 def dictionary_factory(cfg: DictConfig):
-    """seed -> a fresh unfitted dictionary of the run's method and K (the method config's `_target_`)."""
+    """seed -> a fresh unfitted dictionary of the run's method and K (the method config's `_target_`), on the
+    run's `device`: the seed and the device are given here, at call time; the method files name neither."""
     node = cfg.method
     if node.get("_partial_", False):
-        make = build(node)
+        make = build(node, device=cfg.device)
         return lambda seed: make(seed=seed)
-    return lambda seed: build(node, seed=seed)
+    return lambda seed: build(node, seed=seed, device=cfg.device)
 
 
 def bootstrap_rows(n: int, seed: int) -> torch.Tensor:
@@ -112,14 +116,28 @@ def fitter(cfg: DictConfig):
     """(Z, seed) -> a fitted dictionary of the run's method and K: every fit of a run goes through it
     (the dictionary, the stability refit, the Noise-Imgs dictionaries). With `fit.resample` each fit
     sees a bootstrap resample of its rows drawn from its seed, so the seeds of a sweep are replicates
-    of the fit for every method, the deterministic ones (Semi-NMF's SVD start, PCA, Simple) included."""
-    make = dictionary_factory(cfg)
+    of the fit for every method, the deterministic ones (Semi-NMF's SVD start, PCA, Simple) included.
+
+    Fits are cached by the content of the Z they see, the method config and the seed (concepts/cache.py):
+    a fit an earlier job made is loaded, not redone (`dictionary_cache=false`: always fit)."""
+    from coxlmm.concepts.cache import FitCache
+
+    method = {**OmegaConf.to_container(cfg.method, resolve=True), "device": cfg.device}  # what the factory builds
+    cache = FitCache(Path(cfg.paths.cache_dir) / "dictionaries", method, dictionary_factory(cfg),
+                     enabled=cfg.dictionary_cache, wait_report_s=cfg.extraction.progress_every_s)
     resample = bool(cfg.fit.resample)
 
     def fit(Z: torch.Tensor, seed: int):
-        return make(seed).fit(Z[bootstrap_rows(len(Z), seed)] if resample else Z)
+        return cache.fit(Z[bootstrap_rows(len(Z), seed)] if resample else Z, seed)
 
     return fit
+
+
+def build_scorer(cfg: DictConfig):
+    """The run's scorers (the `scorer` group: a `Scorers` of `clip` and `bert` nodes), each part built on the
+    run's `device`, given here as the seed is to the dictionaries: the scorer files do not name it."""
+    parts = {k: {"device": cfg.device} for k, v in cfg.scorer.items() if isinstance(v, DictConfig) and "_target_" in v}
+    return build(cfg.scorer, **parts)
 
 
 def token_list(token: Any) -> list[str]:
@@ -156,7 +174,7 @@ def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, 
                  ) -> Stores | None:
     """Fill (or find) every feature-store entry the run needs. None on non-zero ranks of a DDP launch:
     every rank runs every stage (each is a collective `Trainer.predict`); only rank 0 goes on."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from coxlmm.process import global_rank
 
     root = str(Path(cfg.paths.cache_dir) / "features")
     wait = cfg.extraction.progress_every_s
@@ -177,7 +195,7 @@ def model_stages(cfg: DictConfig, spec: ModelSpec, layers: list[int], train_ds, 
 
     noise_train = noise_of(train, train_ds, "train") if NOISE_TRAIN in requests else []
     noise_test = noise_of(test, test_ds, "test") if NOISE_TEST in requests and test else []
-    if rank_zero_only.rank != 0:
+    if global_rank() != 0:
         return None
     return Stores(words, train, test, noise_train, noise_test)
 
@@ -240,8 +258,7 @@ def reannotate(dataset, records: list[dict[str, Any]], tokenizer: Any, token: st
 
 @dataclass
 class LayerResult:
-    layer: int
-    name: str  # "29", or "norm"
+    layer: Layer
     out_dir: Path
     concepts: Any  # ConceptSet
     dictionary: Any
@@ -272,22 +289,24 @@ def dead_concepts_note(dictionary, Z: torch.Tensor, V: torch.Tensor) -> str:
             f"median ‖z‖ = {median:.3g}): their words and top samples are empty.{hint}")
 
 
-def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Features | None,
-                  readout, scorer, metrics: dict[str, Any], out_dir: Path, stores: Stores | None = None) -> LayerResult:
+def analyse_layer(cfg: DictConfig, layer: Layer, spec, train: Features, test: Features | None,
+                  readout, scorer, metrics: dict[str, Any], out_dir: Path, stores: Stores | None = None,
+                  multi: bool = False) -> LayerResult:
     """Decompose Z at one layer, ground the concepts, evaluate, and write the layer's files.
 
     A metric whose `plan` asks for model-stage sources from the layer's tensors (the causal
-    interventions) gets them filled here, its own plan each, before it runs (`fill_requests`)."""
+    interventions) gets them filled here, its own plan each, before it runs (`fill_requests`).
+    `multi`: one of several layers of the run (its page links the run's page of layers)."""
     from coxlmm.grounding.concept_set import ConceptSet
     from coxlmm.grounding.text import concept_words, keep_words
     from coxlmm.grounding.visual import top_samples
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    num_layers = spec.num_layers
     refit = fitter(cfg)
+    ix = layer.index
 
     t0 = time.perf_counter()
-    Z_train = train.Z[layer]
+    Z_train = train.Z[ix]
     if cfg.dictionary_path:  # a saved dictionary (checked against the features before the model stages)
         from coxlmm.concepts.io import load_dictionary
 
@@ -302,23 +321,23 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
         if len(stores.train) > 1 or cfg.fit.resample:
             raise CoxlmmError(f"fit.stream=true reads one word's store entry in blocks: it takes one token (this run "
                               f"has {stores.words}) and no fit.resample (a bootstrap needs the rows in memory).")
-        dictionary = dictionary_factory(cfg)(cfg.seed).fit_stream(ShardRows(stores.train[0], layer), cfg.fit.block_rows)
+        dictionary = dictionary_factory(cfg)(cfg.seed).fit_stream(ShardRows(stores.train[0], ix), cfg.fit.block_rows)
         V_train = dictionary.encode(Z_train)
     else:
         dictionary = refit(Z_train, cfg.seed)
         # A resampled fit saw some rows twice and others not at all: code every training row.
         V_train = dictionary.encode(Z_train) if cfg.fit.resample else dictionary.V_train
-    V_test = dictionary.encode(test.Z[layer]) if test is not None else None
-    log.info("layer %s: %s, K = %d, fitted on %d x %d%s in %s", layer_name(layer, num_layers), dictionary.name,
+    V_test = dictionary.encode(test.Z[ix]) if test is not None else None
+    log.info("layer %s: %s, K = %d, fitted on %d x %d%s in %s", layer.name, dictionary.name,
              dictionary.n_concepts, *Z_train.shape, " (bootstrap rows)" if cfg.fit.resample else "",
              duration(time.perf_counter() - t0))
     note = dead_concepts_note(dictionary, Z_train, V_train)
     if note:
-        log.warning("layer %s: %s", layer_name(layer, num_layers), note)
+        log.warning("layer %s: %s", layer.name, note)
 
     factors = train.dataset.factor_values()
     g = cfg.grounding
-    lens = readout.at(layer)
+    lens = readout.at(ix)
     keep = keep_words(factors)
 
     def ground(U: torch.Tensor) -> list[list[str]]:
@@ -327,14 +346,14 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
     top_rows = top_samples(V_train, g.n_mas)
     concepts = ConceptSet(U=dictionary.U, V=V_train, words=ground(dictionary.U),
                           top_samples=[[train.records[i]["id"] for i in rows] for rows in top_rows],
-                          top_indices=top_rows, method=dictionary.name, layer=layer, token=token_name(cfg.token),
+                          top_indices=top_rows, method=dictionary.name, layer=ix, token=token_name(cfg.token),
                           extra={"n_top": g.n_top, "n_words": g.n_words, "n_mas": g.n_mas,
-                                 "layer_name": layer_name(layer, num_layers),
+                                 "layer_name": layer.name,
                                  "method_display": getattr(dictionary, "display_name", dictionary.name)})
-    inp = EvalInput(train=train.split(layer, V_train), test=test.split(layer, V_test) if test is not None else None,
+    inp = EvalInput(train=train.split(ix, V_train), test=test.split(ix, V_test) if test is not None else None,
                     dictionary=dictionary, concepts=concepts,
                     services=Services(lens=lens, ground=ground, refit=refit, scorer=scorer),
-                    token=token_name(cfg.token), layer=layer, seed=cfg.seed, factors=factors, n_top=g.n_top,
+                    token=token_name(cfg.token), layer=ix, seed=cfg.seed, factors=factors, n_top=g.n_top,
                     n_words=g.n_words)
     result = MetricResult()
     for name, metric in metrics.items():
@@ -343,7 +362,7 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
         res: MetricResult = metric(dataclasses.replace(inp, sources=sources) if sources else inp)
         result = result.merge(res)
         log.info("metric %s: %d scores in %s", name, len(res.scores), duration(time.perf_counter() - t1))
-    write_layer_files(cfg, out_dir, spec, layer, dictionary, concepts, result)
+    write_layer_files(cfg, out_dir, spec, ix, dictionary, concepts, result)
     figures: dict[str, str] = {}
     for name, art in result.artifacts.items():
         if hasattr(art, "savefig") and cfg.figures:
@@ -352,8 +371,8 @@ def analyse_layer(cfg: DictConfig, layer: int, spec, train: Features, test: Feat
     if cfg.figures:
         figures |= _figures(cfg, concepts, dictionary, inp, out_dir)
     if cfg.report:
-        _report(out_dir, inp, keep, result)
-    return LayerResult(layer, layer_name(layer, num_layers), out_dir, concepts, dictionary, result.scores,
+        _report(out_dir, inp, keep, result, up=multi)
+    return LayerResult(layer, out_dir, concepts, dictionary, result.scores,
                        result.artifacts, figures, result.schema, train.records, train.dataset, note)
 
 
@@ -385,7 +404,7 @@ def write_layer_files(cfg: DictConfig, out_dir: Path, spec, layer: int, dictiona
             (out_dir / f"{name}.json").write_text(json.dumps(art, indent=1, default=_json_default))
 
 
-def fill_requests(cfg: DictConfig, spec, stores: Stores | None, test: Features | None, layer: int, requests
+def fill_requests(cfg: DictConfig, spec, stores: Stores | None, test: Features | None, layer: Layer, requests
                   ) -> dict[Any, Any]:
     """Run the model stages a metric's plan asks for (each request knows its stage, cached in the store;
     the model is loaded only when a result is missing) and return {request: result}."""
@@ -395,18 +414,18 @@ def fill_requests(cfg: DictConfig, spec, stores: Stores | None, test: Features |
         raise CoxlmmError(f"the model stages of a metric's plan (the causal checks) run on one target word; this run has "
                           f"token={stores.words}: run them with one token (token={stores.words[0]}).")
     root = str(Path(cfg.paths.cache_dir) / "features")
-    context = dict(model=spec, parent=stores.test[0], dataset=test.dataset, layer=layer, root=root,
+    context = dict(model=spec, parent=stores.test[0], dataset=test.dataset, layer=layer.index, root=root,
                    settings=settings(cfg, "test"), trainer=cfg.trainer)
     out = {}
     for request in requests:
         t0 = time.perf_counter()
         out[request] = request.run(**context)
-        log.info("%s of layer %s in %s", request.describe(), layer_name(layer, spec.num_layers),
+        log.info("%s of layer %s in %s", request.describe(), layer.name,
                  duration(time.perf_counter() - t0))
     return out
 
 
-def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult) -> None:
+def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult, up: bool = False) -> None:
     """The concept browser's report.json + report.html (report/browser); a failure only warns."""
     from coxlmm.report.browser import write_run_report
 
@@ -422,12 +441,22 @@ def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult)
                          V_test=inp.test.V if inp.test is not None else None, train=rows(inp.train),
                          test=rows(inp.test), lens=inp.services.lens, n_top=inp.n_top, n_words=inp.n_words,
                          keep_words=keep, metrics=result.scores, schema=result.schema, concept_scores=result.concepts,
-                         image=image)
+                         image=image, up=up)
     except Exception as e:  # noqa: BLE001 - the report is a view: it must never lose the run's results
         log.warning("the concept browser's report could not be written (%s: %s); the run's files are unaffected",
                     type(e).__name__, e)
         return
     log.info("report.html written in %s", duration(time.perf_counter() - t0))
+
+
+def _layers_page(run_dir: Path, layers: list[Layer]) -> None:
+    """The run's report.html linking the pages of the layers done so far; a failure only warns."""
+    from coxlmm.report.browser import write_layers_page
+
+    try:
+        write_layers_page(run_dir, layers)
+    except Exception as e:  # noqa: BLE001 - the report is a view: it must never lose the run's results
+        log.warning("the run's page of layers could not be written (%s: %s)", type(e).__name__, e)
 
 
 def _json_default(x):
@@ -457,13 +486,14 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
     `job`: the job's loggers (`report.log.JobLog`), opened by the CLI at job start; None: no logging."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_everything(cfg.seed)  # Lightning's, without importing Lightning (coxlmm/process.py)
     check_extraction(cfg.extraction)
     check_noise(cfg.noise)
     token_list(cfg.token)
     spec = ModelSpec(cfg.model)
     layers = resolve_layers(spec, list(cfg.layers))
-    check_saved_dictionary(cfg, spec, layers)
+    check_saved_dictionary(cfg, spec, [l.index for l in layers])
+    dictionary_factory(cfg)(cfg.seed)  # a bad method setting (e.g. method.v_solver) fails here, before any model runs
     metrics = {name: build(node) for name, node in (cfg.metrics or {}).items() if node}
     check_metrics(metrics)
     requests = set().union(*(m.requests() for m in metrics.values()))
@@ -475,7 +505,7 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
                     "them with references of the other grammar (set data.caption_style=%s)", style, references, style)
 
     t0 = time.perf_counter()
-    stores = model_stages(cfg, spec, layers, train_ds, test_ds, requests)
+    stores = model_stages(cfg, spec, [l.index for l in layers], train_ds, test_ds, requests)
     if stores is None:  # a non-zero rank of a multi-device extraction: rank 0 does the rest
         return {}
     model_seconds = time.perf_counter() - t0
@@ -486,20 +516,22 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
         log.info("all features cached: no model weights loaded")
 
     t1 = time.perf_counter()
-    tokenizer = readout.at(layers[0]).tokenizer
-    train = Features.read(train_ds, stores.train, stores.words, layers, stores.noise_train, tokenizer)
-    test = Features.read(test_ds, stores.test, stores.words, layers, stores.noise_test, tokenizer) \
+    tokenizer = readout.at(layers[0].index).tokenizer
+    indices = [l.index for l in layers]
+    train = Features.read(train_ds, stores.train, stores.words, indices, stores.noise_train, tokenizer)
+    test = Features.read(test_ds, stores.test, stores.words, indices, stores.noise_test, tokenizer) \
         if stores.test else None
-    scorer = build(cfg.scorer) if cfg.scorer else None
+    scorer = build_scorer(cfg) if cfg.scorer else None
     if getattr(scorer, "clip", None) is not None:  # every job of a sweep embeds an image once (scorers/cache.py)
         scorer.clip = CachedImages(scorer.clip, Path(cfg.paths.cache_dir) / "scorer")
     flat: dict[str, float] = {}
     results: list[LayerResult] = []
     for layer in layers:
-        name = layer_name(layer, spec.num_layers)
-        sub = out_dir if len(layers) == 1 else out_dir / f"layer_{name}"
-        res = analyse_layer(cfg, layer, spec, train, test, readout, scorer, metrics, sub, stores)
-        prefix = "" if len(layers) == 1 else f"layer_{name}/"
+        sub = out_dir if len(layers) == 1 else out_dir / layer.dir
+        res = analyse_layer(cfg, layer, spec, train, test, readout, scorer, metrics, sub, stores, len(layers) > 1)
+        if cfg.report and len(layers) > 1:
+            _layers_page(out_dir, [r.layer for r in results] + [layer])
+        prefix = "" if len(layers) == 1 else layer.prefix
         flat.update({prefix + k: v for k, v in res.metrics.items()})
         results.append(res)
         if job is not None:
@@ -560,7 +592,7 @@ def summary(out_dir: Path, results: list[LayerResult], metrics: dict[str, float]
     lines = [f"\ncoxlmm: outputs in {out_dir}"]
     for res in results:
         c = res.concepts
-        lines.append(f"  {c.method}, token {c.token!r}, layer {res.name}: {c.n_concepts} concepts "
+        lines.append(f"  {c.method}, token {c.token!r}, layer {res.layer.name}: {c.n_concepts} concepts "
                      f"from {len(res.train_records)} training samples")
         for k in range(c.n_concepts):
             lines.append(f"    {k:>2}: {', '.join(c.words[k][:6]) or '(no words)'}")
@@ -574,4 +606,4 @@ def summary(out_dir: Path, results: list[LayerResult], metrics: dict[str, float]
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from coxlmm.grounding.text import (
-    concept_words, english_words, filter_words, grounding_vocabulary, random_directions, random_words, starts_word,
-    word_pieces,
-)
+from coxlmm.directions import random_directions
+from coxlmm.grounding.text import concept_words, filter_words, random_words, starts_word, word_pieces
+from coxlmm.words import english_words, grounding_vocabulary
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from coxlmm.concepts import build_dictionary
 from coxlmm.errors import CoxlmmError
@@ -157,7 +156,13 @@ def test_stability_on_a_subset_and_bad_input():
 # --- config ------------------------------------------------------------------------------------
 
 def test_core_config_lists_working_metrics():
-    cfg = OmegaConf.load(CONF / "metrics" / "core.yaml")
+    from hydra import compose, initialize_config_dir
+
+    from coxlmm.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["metrics=core"]).metrics  # the set, from conf/metric/ files
     metrics = {name: instantiate(node) for name, node in cfg.items()}
     assert set(metrics) == {"overlap", "recon", "sparsity", "stability"}
     Z = blobs(90)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from coxlmm.data.base import SampleRecord
 from coxlmm.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld
 from coxlmm.metrics.base import EvalInput, Services, Split
 from coxlmm.metrics.base import NOISE_TEST, NOISE_TRAIN
@@ -208,7 +207,7 @@ def test_prefix_only_null_encodes_the_noise_states_with_the_same_dictionary(worl
 def test_centred_random_directions_fire_on_about_half_the_samples():
     g = torch.Generator().manual_seed(0)
     Z = torch.randn(400, 32, generator=g) + 50.0  # a large common component, as LLM states have
-    from coxlmm.grounding.text import random_directions
+    from coxlmm.directions import random_directions
 
     U = random_directions(20, 32, seed=0)
     uncentred = (torch.relu(Z @ U.T) > 0).float().mean(0)

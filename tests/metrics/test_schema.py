@@ -8,8 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
 from coxlmm.config import build
 from coxlmm.data.shapes import ShapesWorld
@@ -17,16 +15,20 @@ from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
 from tests.metrics.scoring_fakes import make_input
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "coxlmm"
-CONF = Path(__file__).resolve().parents[2] / "conf" / "metrics"
 
 
 def paper_metrics() -> dict:
-    """Every metric of `metrics=paper` (which includes `core`), built from its config like a run does."""
-    nodes = {}
-    for name in ("core", "paper"):
-        doc = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-        nodes |= {k: v for k, v in doc.items() if k != "defaults" and isinstance(v, dict) and "_target_" in v}
-    return {name: build(node) for name, node in nodes.items()}
+    """Every metric of `metrics=paper` (which includes `core`), composed and built like a run does."""
+    from hydra import compose, initialize_config_dir
+
+    from coxlmm.config import register_configs
+    from coxlmm.paths import CONF_DIR
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["metrics=paper"])
+    assert {"overlap", "recon", "stability", "test_samples", "explanations"} <= set(cfg.metrics)
+    return {name: build(node) for name, node in cfg.metrics.items()}
 
 
 @pytest.fixture(scope="module")

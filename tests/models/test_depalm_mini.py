@@ -195,6 +195,7 @@ def test_adapter_contract_at_the_circle_position(model):
     assert int(model.unembed(forced[-1][b, j][None]).argmax(-1)) == circle_id
 
 
+@pytest.mark.slow
 def test_shape_first_prompt_leaves_every_factor_to_the_image(model):
     """32 test images, shape-first prompt: captions in the shape-first grammar, right on the shapes,
     and the text before each matched shape word holds none of its object's other factor words

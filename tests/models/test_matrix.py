@@ -5,7 +5,7 @@ On every architecture (default suite): the doctor passes (generation, hooks, tea
 logit lens, log-probabilities, target token, image effect), and coxlmm's log p(t) equals the model's own,
 read from the logits `generate` returned. The whole run (extraction, `layers=[-1,norm]`, the noise source
 of `metrics=paper`, the causal stage with steering on small settings) runs on a representative subset
-in the default suite (`Arch.fast`: LLaVA, Qwen2-VL, Gemma 3, PaliGemma, Idefics3, Mllama, Aya Vision,
+in the default suite (`Arch.fast`: LLaVA, Qwen2-VL, Mllama,
 BLIP-2) and on every architecture with `make test-all` (about 4 s each on one thread).
 """
 

@@ -3,15 +3,19 @@ the failed-run page, the sweep index and the layer page."""
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from coxlmm.grounding.text import DROP_REASONS, KEPT, filter_reasons, filter_words
-from coxlmm.report.browser import inline_report_html, write_failed_report, write_run_report, write_sweep_index
+from coxlmm.layer import Layer
+from coxlmm.report.browser import (inline_report_html, write_failed_report, write_layers_page, write_run_report,
+                                    write_sweep_index)
 from coxlmm.report.browser.export import SCHEMA, histogram, quantile_bins
-from coxlmm.report.browser.index import markdown_html, metric_columns
+from coxlmm.report.browser.index import metric_columns
+from coxlmm.report.browser.render import markdown_html
 from tests.report.browser_fixtures import K, N_WORDS, toy_run
 
 
@@ -158,11 +162,13 @@ def test_a_script_end_tag_in_a_caption_cannot_break_the_page(tmp_path):
 
 
 def test_layer_dirs_get_a_top_page(tmp_path):
-    for layer in (5, 12):
-        write_run_report(tmp_path / "run" / f"layer_{layer}", **toy_run())
-    top = (tmp_path / "run" / "report.html").read_text()
+    layers = [Layer.of(l, 30) for l in ("norm", 12, 5)]
+    for layer in layers:
+        write_run_report(tmp_path / "run" / layer.dir, **toy_run(), up=True)
+    top = write_layers_page(tmp_path / "run", layers).read_text()
     assert 'href="layer_5/report.html"' in top and 'href="layer_12/report.html"' in top
-    assert top.index("layer_5/") < top.index("layer_12/")
+    assert top.index("layer_5/") < top.index("layer_12/") < top.index("layer_norm/")  # by index, the norm last
+    assert ">layer norm</a>" in top
     assert '"up":"../report.html"' in (tmp_path / "run" / "layer_5" / "report.html").read_text()
 
 
@@ -179,7 +185,7 @@ def test_failed_run_page_says_what_is_missing(tmp_path):
     page = write_failed_report(tmp_path / "3_method=nope", "CoxlmmError: method 'nope' is unknown",
                                [".hydra/config.yaml"])
     text = page.read_text()
-    assert "No concepts in 3_method=nope" in text and "method &#x27;nope&#x27; is unknown" in text
+    assert "No concepts in 3_method=nope" in text and "method &#39;nope&#39; is unknown" in text
     missing = text[text.index('id="missing"'):text.index('id="present"')]
     assert "metrics.json" in missing and "concepts.json" in missing and ".hydra/config.yaml" not in missing
 
@@ -200,7 +206,8 @@ def test_sweep_index_lists_failed_jobs_and_links_reports(tmp_path):
     assert "1_method=nope" in failed and "2_method=nmf" in failed and "0_method=pca" not in failed
     assert "boom &lt;b&gt;" in failed
     assert 'href="0_method=pca/report.html"' in text and "3 jobs: 1 ok, 1 failed, 1 unfinished" in text
-    assert "<th>token</th><th>PCA</th>" in text and 'src="fig.png"' in text and "absent.png" not in text
+    assert re.search(r"<th>token</th>\s*<th>PCA</th>", text) and 'src="fig.png"' in text and "absent.png" not in text
+    assert "<h1>Sweep" in text and "<h2>Sweep" not in text  # tables.md's own title is the page's
 
 
 def test_sweep_index_refuses_an_unknown_status(tmp_path):
@@ -213,6 +220,8 @@ def test_sweep_index_refuses_an_unknown_status(tmp_path):
 def test_metric_columns_and_markdown():
     jobs = [{"metrics": {"Overlap": 1, "CS (test)": 3}}, {"metrics": {"zzz": 2, "Overlap": 4}}]
     assert metric_columns(jobs) == ["Overlap", "CS (test)", "zzz"]
-    assert markdown_html("Text with `code` & <b>\n\n| a | b |\n|---|:-:|\n| 1 | 2 |") == (
-        "<p>Text with <code>code</code> &amp; &lt;b&gt;</p>\n"
-        '<table class="grid md"><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>')
+    text = markdown_html("## T `x`\nText with `code` & <b>\n\n| a | `b<` |\n|---|:-:|\n| 1 | 2 |")
+    assert text.startswith("<h3>T <code>x</code></h3>\n<p>Text with <code>code</code> &amp; &lt;b&gt;</p>\n")
+    table = text[text.index("<table"):]
+    assert table.startswith('<table class="dataframe grid md">') and "<b>" not in text
+    assert re.findall(r"<t[hd]>(.*?)</t[hd]>", table) == ["a", "<code>b&lt;</code>", "1", "2"]

@@ -15,7 +15,9 @@ import torch
 
 from coxlmm.errors import CoxlmmError
 from coxlmm.grounding.concept_set import ConceptSet
-from coxlmm.report.log import JobLog, build_loggers, concept_table, offline_run, resolve_logger_cfg
+from coxlmm.layer import Layer
+from coxlmm.report.log import JobLog, build_loggers, concept_table, resolve_logger_cfg
+from tests.report.wandb_reader import offline_run, read_offline_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +53,7 @@ def hydra_app(tmp_path: Path, *args: str) -> None:
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "app_cfg.yaml").write_text(APP_CFG.format(conf=REPO / "conf", tmp=tmp_path))
     subprocess.run([sys.executable, str(tmp_path / "app.py"), *args], cwd=tmp_path, check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=600)  # a guard, not a timing: a busy machine is slow
 
 
 def test_logger_config_resolves_in_single_and_multi_runs(tmp_path):
@@ -124,16 +126,33 @@ def layer_result(tmp_path: Path, layer: int = 2, name: str | None = None):
     out = tmp_path / f"layer_{layer}"
     out.mkdir(exist_ok=True)
     save_file({"U": torch.eye(2)}, str(out / "dictionary.safetensors"))
-    return SimpleNamespace(layer=layer, name=name or str(layer), out_dir=out, concepts=cs, dataset=ds,
+    return SimpleNamespace(layer=Layer(layer, name or str(layer)), out_dir=out, concepts=cs, dataset=ds,
                            train_records=[{"index": 0}, {"index": 1}], figures=images,
                            metrics={"overlap": 0.25, "recon_rel_error_train": 0.5},
                            artifacts={"recovery_table": [{"factor": "colour", "value": "red", "auroc_matched": 0.9,
                                                           "matched_words": ["red"]}]})
 
 
+def logged_artifacts(run_dir: Path) -> list[dict]:
+    """Every artifact the offline W&B run under `run_dir` logged: type, name, files (path -> md5), metadata."""
+    import base64
+
+    (run_file,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    arts = [r.artifact for r in read_offline_run(run_file) if r.WhichOneof("record_type") == "artifact"]
+    return [{"type": a.type, "name": a.name, "metadata": json.loads(a.metadata or "{}"),
+             "files": {e.path: base64.b64decode(e.digest).hex() for e in a.manifest.contents}} for a in arts]
+
+
+def md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def test_a_job_log_writes_everything_under_the_run_dir(tmp_path, offline_wandb):
     run_dir = tmp_path / "run"
     job = JobLog(loggers_cfg(run_dir), {"token": "dog", "method": {"n_concepts": 2}})
+    job.flush()  # the loggers start on their own thread, off the job's critical path
     assert [type(lg).__name__ for lg in job.loggers] == ["WandbLogger", "CSVLogger"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no logger call may fail here
@@ -151,7 +170,12 @@ def test_a_job_log_writes_everything_under_the_run_dir(tmp_path, offline_wandb):
     by_layer = [h for h in run["history"] if "by_layer/overlap" in h]
     assert [h["layer"] for h in by_layer] == [1, 2]  # the layer is the x-axis of the per-layer metrics
     assert any(h.get("stages/train/samples_per_s") == 5.0 for h in run["history"])
-    assert list(wb_run.glob("artifacts/*")) or list(wb_run.glob("files/media/**/*"))
+    # each layer's dictionary.safetensors, as a `dictionary` artifact named after the run and the layer
+    dictionaries = [a for a in logged_artifacts(run_dir) if a["type"] == "dictionary"]
+    assert [(a["name"].rsplit("-", 1)[-1], a["metadata"]) for a in dictionaries] == [
+        (str(layer), {"method": "semi_nmf", "layer": str(layer), "token": "dog"}) for layer in (1, 2)]
+    assert [a["files"] for a in dictionaries] == [
+        {"dictionary.safetensors": md5(tmp_path / f"layer_{layer}" / "dictionary.safetensors")} for layer in (1, 2)]
     assert "overlap" in (run_dir / "csv/metrics.csv").read_text()
     assert "n_concepts" in (run_dir / "csv/hparams.yaml").read_text()
 
@@ -173,14 +197,17 @@ def test_a_failing_wandb_only_warns(tmp_path, offline_wandb, monkeypatch):
 
     monkeypatch.setattr(WandbLogger, "experiment", property(unreachable))
     run_dir = tmp_path / "run"
-    (run_dir).mkdir()
-    (run_dir / "metrics.json").write_text("{}")  # written by the pipeline before logging
     with pytest.warns(RuntimeWarning, match="WandbLogger failed to log"):
         job = JobLog(loggers_cfg(run_dir), {"token": "dog"})
         job.log_layer(layer_result(tmp_path), multi=False)
+        job.flush()
     job.finish("success")
-    assert (run_dir / "metrics.json").exists()
-    assert "overlap" in (run_dir / "csv/metrics.csv").read_text()  # the other logger still logged
+    # the other logger still logged, in full: the layer's metrics and the job's config
+    import csv
+
+    (row,) = csv.DictReader((run_dir / "csv/metrics.csv").read_text().splitlines())
+    assert float(row["overlap"]) == 0.25 and float(row["recon_rel_error_train"]) == 0.5
+    assert "token: dog" in (run_dir / "csv/hparams.yaml").read_text()
 
 
 def test_concept_table_without_images(tmp_path):
@@ -188,3 +215,21 @@ def test_concept_table_without_images(tmp_path):
     columns, rows = concept_table(cs)
     assert columns == ["concept", "words", "top_samples"]
     assert rows == [[0, "red", "a, b"], [1, "", "b"]]
+
+
+def test_the_loggers_start_off_the_jobs_critical_path_and_finish_waits_for_them(tmp_path, offline_wandb, monkeypatch):
+    """The job goes on while W&B starts; `finish` still closes a complete run (calls kept in order)."""
+    import threading
+
+    import coxlmm.report.log as report_log
+
+    gate, built = threading.Event(), report_log.build_loggers
+    monkeypatch.setattr(report_log, "build_loggers", lambda nodes: gate.wait(300) and built(nodes))
+    run_dir = tmp_path / "run"
+    job = JobLog(loggers_cfg(run_dir), {"token": "dog"})
+    job.log_summary({"overlap": 0.5, "n_train": 10.0})  # returns at once: the loggers are not even built
+    assert job.loggers == [] and not gate.is_set()
+    gate.set()
+    job.finish("success")
+    run = offline_run(run_dir)
+    assert run["exit_code"] == 0 and run["config"]["token"] == "dog" and run["summary"]["overlap"] == 0.5

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
+from coxlmm.metrics.schema import Schema, Score, TableSpec
 from coxlmm.metrics.test_eval import table1_schema
 from coxlmm.report.tables import (DASH, collect, fmt, group_variants, job_rows, main, read_sweep, representative,
                                   tables, to_markdown, write_report)
@@ -230,7 +230,7 @@ def test_unfinished_jobs_are_listed_and_empty_sweeps_fail(tmp_path: Path, capsys
     assert main([str(root), "--no-figures"]) == 0
     assert "Jobs without metrics.json (failed or unfinished): 1_b, 2_c" in (root / "tables.md").read_text()
     index = (root / "index.html").read_text()
-    assert "1_b" in index and "unfinished" in index and "no sample selected for &#x27;star&#x27;" in index
+    assert "1_b" in index and "unfinished" in index and "no sample selected for &#39;star&#39;" in index
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty)]) == 2

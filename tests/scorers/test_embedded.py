@@ -62,3 +62,16 @@ def test_facts_are_committed_beside_the_weights():
     facts = json.load(open(facts_path(DEFAULT_WEIGHTS)))
     assert {"data", "steps", "fit_seconds", "val_retrieval", "weights_sha256"} <= set(facts)
     assert os.path.getsize(DEFAULT_WEIGHTS) < 2_500_000
+
+
+def test_the_scorer_reads_the_vision_module_depalm_mini_reads(clip, world):
+    """One EfficientNet-Lite0 (models/vision.py): the scorer's grid features are the pooled last map of
+    the same `feature_maps` DePALM-mini's visual tokens come from."""
+    from coxlmm.models import depalm_mini, vision
+    from coxlmm.scorers.embedded import IMAGE_SIZE, image_features
+
+    assert depalm_mini.load_vision_encoder is vision.load_vision_encoder
+    images = [world[i].image for i in range(3)]
+    last, _ = vision.feature_maps(clip.image_encoder, vision.pixel_values(images, IMAGE_SIZE))
+    expected = torch.nn.functional.adaptive_avg_pool2d(last, 2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(image_features(clip.image_encoder, images, grid=2), expected)

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
-from coxlmm.data.shapes import GENERATOR_VERSION, HELDOUT_PAIRS, STYLES, ShapesWorld, caption_style
+from coxlmm.data.shapes import GENERATOR_VERSION, HELDOUT_PAIRS, STYLES, ShapesWorld
 from coxlmm.errors import CoxlmmError
 from coxlmm.models.depalm_mini import (
     LM_GGUF,
@@ -154,6 +154,7 @@ def test_visual_tokens_are_cached_once(tiny_model, tmp_path):
     assert len(os.listdir(tmp_path)) == 2  # another world, another key
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(tiny_model, tmp_path):
     before = {k: v.clone() for k, v in tiny_model.connector.state_dict().items()}
     facts = train(compose_cfg(tmp_path), model=tiny_model)

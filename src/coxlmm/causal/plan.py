@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from coxlmm.directions import random_directions
+
 CONTROLS = ("isotropic", "concept_other", "covariance", "diffmean")
 STEP_UNITS = ("sample", "median", "code")
 
@@ -41,12 +43,6 @@ def unit_rows(U: torch.Tensor) -> torch.Tensor:
     """(K, H) -> each row divided by its norm (zero rows stay zero)."""
     U = U.float()
     return U / U.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def isotropic_directions(n: int, H: int, seed: int) -> torch.Tensor:
-    """(n, H) uniform random unit directions."""
-    R = torch.randn(n, H, generator=torch.Generator().manual_seed(seed))
-    return unit_rows(R)
 
 
 def covariance_draws(Z: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -170,7 +166,7 @@ def target_plan(z: torch.Tensor, V: torch.Tensor, dictionary, Z_train: torch.Ten
     norm = own.norm(dim=1, keepdim=True)
     U = unit_rows(dictionary.U)
     other = U[torch.tensor([other_concepts(int(k), K, 1, seed + m)[0] for m, k in enumerate(top1)])]
-    controls = {"isotropic": isotropic_directions(M, H, seed), "concept_other": other,
+    controls = {"isotropic": random_directions(M, H, seed), "concept_other": other,
                 "covariance": covariance_directions(Z_train, M, seed + 1)}
     mean = Z_train.float().mean(0)
     variants = {"clean": z, "recon": dictionary.decode(V), "mean": mean.expand(M, H), "zero": torch.zeros_like(z),
@@ -188,7 +184,7 @@ def steer_plan(U: torch.Tensor, steered: dict[int, tuple[str, str] | None], alph
     (module doc); row 0 the unsteered caption. `code_scale` (K,): the code-unit view's s_k."""
     K, H = U.shape
     Ut = unit_rows(U)
-    iso = isotropic_directions(len(steered) * len(alphas) + 1, H, seed)
+    iso = random_directions(len(steered) * len(alphas) + 1, H, seed)
     cov = covariance_directions(Z_train, len(steered) * len(alphas) + 1, seed + 1)
     dirs, units, alpha = [Direction("none")], [torch.zeros(H)], [0.0]
     i = 0

@@ -16,8 +16,6 @@ features' entry, the layer, a hash of the plan) and filled under the entry's loc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,18 +25,14 @@ import torch
 
 from coxlmm.causal.plan import CaptionPlan, SteerPlan, TargetPlan
 from coxlmm.extraction.store import STORE_VERSION, FeatureStore
+from coxlmm.io import KEY_CHARS, content_key, digest, tensor_bytes
 from coxlmm.models.spec import model_handle
 
 log = logging.getLogger(__name__)
 
 
 def tensor_hash(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().to("cpu", torch.float32).contiguous()
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
+    return digest((part for t in tensors for part in (str(tuple(t.shape)), tensor_bytes(t.float()))), chars=KEY_CHARS)
 
 
 # --- the Lightning modules -----------------------------------------------------------------------------------
@@ -123,7 +117,7 @@ def _modules():
 # --- the requests ------------------------------------------------------------------------------------------
 def _fields(kind: str, parent: FeatureStore, layer: int, plan_key: dict[str, Any]) -> dict[str, Any]:
     return {"version": STORE_VERSION, "source": kind, "parent": parent.key, "layer": layer,
-            "plan": hashlib.sha256(json.dumps(plan_key, sort_keys=True, default=str).encode()).hexdigest()[:16]}
+            "plan": content_key(plan_key)}
 
 
 @dataclass(eq=False)

@@ -3,8 +3,8 @@
 A method is built from its config file and nowhere else: `conf/method/<name>.yaml` has the
 class as `_target_` (with `_partial_: true`), so
 
-    make = hydra.utils.instantiate(cfg.method)   # a callable
-    d = make(seed=0).fit(Z)                      # a fresh Dictionary, fitted
+    make = hydra.utils.instantiate(cfg.method, device=cfg.device)   # a callable on the run's device
+    d = make(seed=0).fit(Z)                                          # a fresh Dictionary, fitted
     V = d.encode(Z_test)
 
 Outside a composed config (tests, benchmarks, notebooks) `build_dictionary("semi_nmf",

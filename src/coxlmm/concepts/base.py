@@ -50,7 +50,7 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CoxlmmError(
             f"device={device!r} was requested but CUDA is not available on this machine. "
-            "Use `method.device=cpu`."
+            "Use `device=cpu`."
         )
     if dev.type not in ("cpu", "cuda"):
         raise CoxlmmError(
@@ -372,11 +372,3 @@ def check_choice(method: str, param: str, value: Any, choices: tuple[str, ...]) 
             f"{', '.join(choices)}."
         )
     return value
-
-
-def random_unit_rows(n: int, B: int, gen: torch.Generator) -> torch.Tensor:
-    """n random directions of R^B (n, B), unit norm, float64 on the CPU, drawn from `gen`.
-
-    Drawn on the CPU so that a seed gives the same directions whatever the compute device."""
-    X = torch.randn(n, B, generator=gen, dtype=COMPUTE_DTYPE)
-    return X / X.norm(dim=1, keepdim=True)

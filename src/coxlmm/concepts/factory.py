@@ -8,9 +8,9 @@ composed experiment; these helpers compose `conf/method/<name>.yaml` on its own 
     make = method_factory("topk_sae", n_concepts=32, k=4)   # callable(seed=...) -> Dictionary
     d = build_dictionary("semi_nmf", n_concepts=20, seed=0)  # one fresh Dictionary
 
-The method files interpolate the experiment's top-level `device` and `trainer.*` keys; here
-they come from the `device` and `trainer` arguments (CPU, 32-bit, by default). The method names
-are the files in `conf/method/`; there is no other list.
+The method files interpolate the experiment's `trainer.*` keys; here they come from the `trainer`
+argument (CPU, 32-bit, by default). The device is given at instantiation, as the pipeline does
+(`device`, CPU by default). The method names are the files in `conf/method/`; there is no other list.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
 
-def compose_method(name: str, device: str = "cpu", trainer: dict[str, Any] | None = None,
-                   **params: Any) -> DictConfig:
+def compose_method(name: str, trainer: dict[str, Any] | None = None, **params: Any) -> DictConfig:
     """The composed `method` node of `conf/method/<name>.yaml`, `params` merged over its keys,
-    interpolations resolved against `device` and `trainer`."""
+    interpolations resolved against `trainer`."""
     if name not in method_names():
         raise CoxlmmError(
             f"Unknown dictionary method {name!r}. Methods (files in {CONF_DIR / 'method'}): "
@@ -48,7 +47,7 @@ def compose_method(name: str, device: str = "cpu", trainer: dict[str, Any] | Non
     from coxlmm.config import register_resolvers
 
     register_resolvers()
-    ConfigStore.instance().store(name=_ROOT, node={"device": device, "trainer": {**TRAINER, **(trainer or {})}})
+    ConfigStore.instance().store(name=_ROOT, node={"trainer": {**TRAINER, **(trainer or {})}})
     overrides = [f"+method={name}"]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path has conf/
         cfg = compose(config_name=_ROOT, overrides=overrides)
@@ -63,8 +62,8 @@ def compose_method(name: str, device: str = "cpu", trainer: dict[str, Any] | Non
 
 def method_factory(name: str, device: str = "cpu", trainer: dict[str, Any] | None = None,
                    **params: Any) -> Callable[..., Any]:
-    """`instantiate` of the composed method node: a callable, `make(seed=s)` -> Dictionary."""
-    return instantiate(compose_method(name, device, trainer, **params))
+    """`instantiate` of the composed method node on `device`: a callable, `make(seed=s)` -> Dictionary."""
+    return instantiate(compose_method(name, trainer, **params), device=device)
 
 
 def build_dictionary(name: str, seed: int = 0, device: str = "cpu",

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import (COMPUTE_DTYPE, Dictionary, flip_signs, random_unit_rows,
-                                  stream_blocks, svd_top, top_eigh)
+from coxlmm.concepts.base import COMPUTE_DTYPE, Dictionary, flip_signs, stream_blocks, svd_top, top_eigh
+from coxlmm.directions import random_directions
 from coxlmm.errors import CoxlmmError
 
 
@@ -88,7 +88,7 @@ class PCA(Dictionary):
 
 def _complete_orthonormal(R: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tensor:
     """(K, B) orthonormal rows: R (r, B) followed by random directions orthogonal to it."""
-    extra = random_unit_rows(K - len(R), R.shape[1], gen).to(R.device, R.dtype)
+    extra = random_directions(K - len(R), R.shape[1], gen, COMPUTE_DTYPE).to(R.device, R.dtype)
     Q, _ = torch.linalg.qr(torch.cat([R, extra]).T)  # keeps span(R) in the first r columns
     Q = Q.T
     Q[: len(R)] = R  # exactly R, not R up to signs

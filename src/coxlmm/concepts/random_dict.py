@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
-                                  random_unit_rows, stream_blocks)
+from coxlmm.concepts.base import (COMPUTE_DTYPE, Dictionary, check_choice, check_number, effective_alpha,
+                                  stream_blocks)
 from coxlmm.concepts.lasso import nonneg_lasso
+from coxlmm.directions import random_directions
 
 
 class RandomDictionary(Dictionary):
@@ -43,7 +44,7 @@ class RandomDictionary(Dictionary):
     def _fit(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.alpha_effective_ = effective_alpha(self.alpha, self.alpha_scale, Z)
         gen = torch.Generator().manual_seed(self.seed)
-        U = random_unit_rows(self.n_concepts, Z.shape[1], gen).to(Z.device, Z.dtype)
+        U = random_directions(self.n_concepts, Z.shape[1], gen, COMPUTE_DTYPE).to(Z.device, Z.dtype)
         return U, self._activations(Z, U)
 
     def _fit_stream(self, rows, block_rows: int = 4096) -> torch.Tensor:
@@ -52,7 +53,7 @@ class RandomDictionary(Dictionary):
         else:  # the median row norm: one float per row
             norms = torch.cat([z.norm(dim=1) for z in stream_blocks(rows, block_rows)])
             self.alpha_effective_ = self.alpha * float(norms.median())
-        return random_unit_rows(self.n_concepts, rows.dim, torch.Generator().manual_seed(self.seed))
+        return random_directions(self.n_concepts, rows.dim, self.seed, COMPUTE_DTYPE)
 
     def _encode(self, Z: torch.Tensor) -> torch.Tensor:
         return self._activations(Z, self.U.to(Z.device, Z.dtype))

@@ -55,8 +55,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from coxlmm.concepts.base import COMPUTE_DTYPE, Dictionary, check_number, stream_blocks
+from coxlmm.directions import random_directions
 from coxlmm.errors import CoxlmmError
 from coxlmm.extraction.reader import Rows, TensorRows, check_batch_size
+from coxlmm.trainer import build_trainer
 
 
 def feature_scale(rows: Rows, block: int) -> tuple[torch.Tensor, float]:
@@ -142,8 +144,7 @@ class SAEModule(L.LightningModule):
         super().__init__()
         K = sae.n_concepts
         self.sae, self.total_steps = sae, total_steps
-        U = torch.randn(K, B, generator=gen, dtype=torch.float32)
-        U /= U.norm(dim=1, keepdim=True)
+        U = random_directions(K, B, gen)
         self.W_dec = torch.nn.Parameter(U)  # U, rows kept at unit norm
         self.W_enc = torch.nn.Parameter(U.clone())
         self.b_enc = torch.nn.Parameter(torch.zeros(K))
@@ -331,12 +332,12 @@ class SparseAutoencoder(Dictionary):
                 for message in (".*does not have many workers.*", ".*`IterableDataset` has `__len__`.*",
                                 r".*isinstance\(treespec, LeafSpec\).*", ".*Total length of `DataLoader`.*"):
                     warnings.filterwarnings("ignore", message=message)
-                trainer = L.Trainer(accelerator=self.accelerator, devices=self.devices,
-                                    strategy=self.strategy, precision=self.precision,
-                                    max_epochs=self.max_epochs, logger=False, gradient_clip_val=1.0,
-                                    enable_checkpointing=False, enable_progress_bar=False,
-                                    enable_model_summary=False, num_sanity_val_steps=0,
-                                    use_distributed_sampler=False)
+                devices = {"accelerator": self.accelerator, "devices": self.devices, "strategy": self.strategy,
+                           "precision": self.precision}
+                trainer = build_trainer(devices, max_epochs=self.max_epochs, logger=False, gradient_clip_val=1.0,
+                                        enable_checkpointing=False, enable_progress_bar=False,
+                                        enable_model_summary=False, num_sanity_val_steps=0,
+                                        use_distributed_sampler=False)
                 trainer.fit(module, train_dataloaders=loader)
         finally:
             quiet.setLevel(level)

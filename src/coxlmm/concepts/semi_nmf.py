@@ -55,9 +55,10 @@ from typing import Any
 
 import torch
 
-from coxlmm.concepts.base import (Dictionary, check_choice, check_number, effective_alpha,
-                                  flip_signs, random_unit_rows, stream_blocks, top_eigh)
+from coxlmm.concepts.base import (COMPUTE_DTYPE, Dictionary, check_choice, check_number, effective_alpha,
+                                  flip_signs, stream_blocks, top_eigh)
 from coxlmm.concepts.base import resolve_device
+from coxlmm.directions import random_directions
 from coxlmm.errors import CoxlmmError
 from coxlmm.concepts.lasso import nonneg_lasso, nonneg_quadratic, regularised
 
@@ -120,7 +121,7 @@ class _Space:
 
     def random_atoms(self, K: int, gen: torch.Generator) -> torch.Tensor:
         """K random unit atoms (in sample space: random combinations of the samples)."""
-        X = random_unit_rows(K, self.gram.shape[0], gen).to(self.gram.device, self.gram.dtype)
+        X = random_directions(K, self.gram.shape[0], gen, COMPUTE_DTYPE).to(self.gram.device, self.gram.dtype)
         return X / _norms(X, self.metric(X)).clamp_min(1e-300)[:, None]
 
 
@@ -256,7 +257,6 @@ class SemiNMF(Dictionary):
         for z in stream_blocks(rows, batch, f32, dev):
             gram += (z.T @ z).to(f64)
             norms.append(z.norm(dim=1).cpu())
-        z2 = float(gram.diagonal().sum())
         self.alpha_effective_ = alpha = (self.alpha if self.alpha_scale == "absolute"
                                          else self.alpha * float(torch.cat(norms).median()))
         del norms
@@ -264,7 +264,7 @@ class SemiNMF(Dictionary):
             evals, E = top_eigh(gram, K, tol=1e-8)
             S = evals.clamp_min(0).sqrt()
             r = int((S > 1e-10 * S[0]).sum()) if len(S) and float(S[0]) > 0 else 0
-            U = random_unit_rows(K, B, gen).to(dev)
+            U = random_directions(K, B, gen, COMPUTE_DTYPE).to(dev)
             # scikit-learn's signs: the largest |entry| of each column of L = Z E (streamed).
             best = torch.full((r,), -1.0, dtype=f64, device=dev)
             sign = torch.ones(r, dtype=f64, device=dev)
@@ -277,7 +277,7 @@ class SemiNMF(Dictionary):
             sign[sign == 0] = 1
             U[:r] = (E[:, :r] * sign).T * S[:r, None]
         else:
-            U = random_unit_rows(K, B, gen).to(dev)
+            U = random_directions(K, B, gen, COMPUTE_DTYPE).to(dev)
         del gram
         U = U / U.norm(dim=1, keepdim=True).clamp_min(1.0)
         M, n_blocks = rows.n_rows, math.ceil(rows.n_rows / batch)

@@ -60,13 +60,8 @@ from PIL import Image, ImageDraw
 
 from coxlmm.data.base import CaptionDataset, SampleRecord
 from coxlmm.errors import CoxlmmError
+from coxlmm.words import GENERATOR_VERSION, STYLES  # the world's caption language (version, grammars)
 
-GENERATOR_VERSION = 2
-VERSION_NOTES: dict[int, str] = {
-    1: "one caption style (size colour shape position), every (shape, colour) pair in the train split",
-    2: "two caption styles chosen by the prompt (attribute_first, shape_first) and 4 (shape, colour) pairs "
-       "held out of the train split",
-}
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -108,7 +103,6 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("triangle", "blue"), ("triangle", "yellow"), ("cross", "green"), ("cross", "purple"))
 
-STYLES: tuple[str, ...] = ("attribute_first", "shape_first")
 CAPTION_STYLES: tuple[str, ...] = (*STYLES, "both")  # values of data.caption_style
 OPENINGS = ("A", "There is a", "An image of a")  # shape_first: one caption per opening
 ONE_OBJECT_TEMPLATES = ("A {0}.", "There is a {0}.", "An image of a {0}.")  # attribute_first
@@ -416,7 +410,8 @@ class ShapesWorld(CaptionDataset):
                  seed: int = 0, image_size: int = 128, p_two: float = 0.5, caption_style: str = "attribute_first",
                  heldout_pairs: Any = None):
         if split not in SPLITS:
-            raise CoxlmmError(f"data.split={split!r} is not a split of the shapes world: use one of {list(SPLITS)}.")
+            raise CoxlmmError(f"split {split!r} (train_split / test_split) is not a split of the shapes world: "
+                              f"use one of {list(SPLITS)}.")
         n = {"train": n_train, "val": n_val, "test": n_test}[split]
         if n < 0 or image_size < 32 or not 0.0 <= p_two <= 1.0:
             raise CoxlmmError(

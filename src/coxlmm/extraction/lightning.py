@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from coxlmm.data.base import collate_samples, contains_word
 from coxlmm.extraction.capture import generate_with_states
-from coxlmm.extraction.matching import find_target
+from coxlmm.extraction.matching import find_targets
 from coxlmm.extraction.store import FeatureStore
 from coxlmm.progress import Progress
 
@@ -32,10 +32,10 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 class ExtractionDataModule(L.LightningDataModule):
-    def __init__(self, dataset, indices: list[int], batch_size: int, num_workers: int = 0):
+    def __init__(self, dataset, indices: list[int], batch_size: int, num_workers: int | None = 0):
         super().__init__()
         self.dataset, self.indices = dataset, indices
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers = batch_size, num_workers or 0  # None: not sized (threads.py): none
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -64,24 +64,32 @@ class _ModelStage(L.LightningModule):
 
 
 class ExtractionModule(_ModelStage):
-    """`predict_step` captions a batch greedily and returns per-sample records and the selected rows per layer.
+    """`predict_step` captions a batch greedily and returns, per target token, the per-sample records and
+    the selected rows per layer: `{t: {"records": [...], "tensors": {layer: (n_selected, B)}}}`.
 
-    Records of selected samples also hold `prefix_ids` (the generated ids before the matched position:
-    what the state that predicts t has read) and `annotation` (`dataset.annotate`, e.g. the world's
-    target-object factors and which of them the prefix already names)."""
+    One greedy caption serves every token: `token` is the run's target t, `tokens` (optional) every token
+    whose states this generation harvests, and `wanted` (optional) the tokens each dataset index is a
+    candidate for (default: every token for every sample). Records of selected samples also hold
+    `prefix_ids` (the generated ids before the matched position: what the state that predicts t has read)
+    and `annotation` (`dataset.annotate`, e.g. the world's target-object factors and which of them the
+    prefix already names)."""
 
     def __init__(self, lmm, token: str, layers: list[int], max_new_tokens: int, store_dtype: str = "float32",
-                 require_gt: bool = True, annotate=None):
+                 require_gt: bool = True, annotate=None, tokens: list[str] | None = None,
+                 wanted: dict[int, list[str]] | None = None):
         super().__init__(lmm)
         self.token, self.layers, self.max_new_tokens = token, layers, max_new_tokens
+        self.tokens = list(dict.fromkeys([token, *(tokens or [])]))
+        self.wanted = wanted
         self.store_dtype = _DTYPES[store_dtype]
         self.require_gt = require_gt
         self.annotate = annotate  # callable(sample, caption, prefix, token) -> dict, or None
 
     def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0):
-        records = {s.index: _record(s, "unreadable_image") for s in batch if s.image is None}
+        want = {s.index: (self.tokens if self.wanted is None else self.wanted[s.index]) for s in batch}
+        records: dict[str, dict[int, dict]] = {t: {} for t in self.tokens}
+        rows: dict[str, list[tuple[int, int]]] = {t: [] for t in self.tokens}  # (row in `ok`, position), batch order
         ok = [s for s in batch if s.image is not None]
-        rows: list[tuple[int, int]] = []  # (row in `ok`, position) of each selected sample, in batch order
         states = {}
         if ok:
             out, states = generate_with_states(self.lmm, self.inputs([s.image for s in ok]), self.layers,
@@ -91,29 +99,36 @@ class ExtractionModule(_ModelStage):
             for b, s in enumerate(ok):
                 gen = seqs[b, : int(lengths[b])].tolist()
                 caption = tok.decode(gen, skip_special_tokens=True).strip()
-                match = find_target(tok, gen, self.token)
-                if match is None:
-                    records[s.index] = _record(s, "token_not_generated", caption)
-                elif self.require_gt and not any(contains_word(c, self.token) for c in s.captions):
-                    records[s.index] = _record(s, "token_not_in_gt", caption)
-                else:
-                    prefix = gen[: match.position]
-                    rec = _record(s, "selected", caption, match.position, list(match.token_ids))
-                    rec["prefix_ids"] = prefix
-                    rec["generated_ids"] = gen  # the whole greedy caption (causal: whole-caption cross-entropy)
-                    if self.annotate is not None:
-                        text = tok.decode(prefix, skip_special_tokens=True)
-                        rec["annotation"] = self.annotate(s, caption, text, self.token)
-                    records[s.index] = rec
-                    rows.append((b, match.position))
-        # Reduce to the selected positions on the device, then copy only those rows off it.
-        tensors = {}
-        if rows:
-            dev = next(iter(states.values())).device
-            bi = torch.tensor([r[0] for r in rows], device=dev)
-            pi = torch.tensor([r[1] for r in rows], device=dev)
-            tensors = {l: st[bi, pi].to(self.store_dtype).cpu() for l, st in states.items()}
-        return {"records": [records[s.index] for s in batch], "tensors": tensors}
+                for t, match in find_targets(tok, gen, want[s.index]).items():
+                    if match is None:
+                        records[t][s.index] = _record(s, "token_not_generated", caption)
+                    elif self.require_gt and not any(contains_word(c, t) for c in s.captions):
+                        records[t][s.index] = _record(s, "token_not_in_gt", caption)
+                    else:
+                        prefix = gen[: match.position]
+                        rec = _record(s, "selected", caption, match.position, list(match.token_ids))
+                        rec["prefix_ids"] = prefix
+                        rec["generated_ids"] = gen  # the whole greedy caption (causal: whole-caption cross-entropy)
+                        if self.annotate is not None:
+                            text = tok.decode(prefix, skip_special_tokens=True)
+                            rec["annotation"] = self.annotate(s, caption, text, t)
+                        records[t][s.index] = rec
+                        rows[t].append((b, match.position))
+        for s in batch:
+            if s.image is None:
+                for t in want[s.index]:
+                    records[t][s.index] = _record(s, "unreadable_image")
+        out_by_token = {}
+        for t in self.tokens:
+            tensors = {}
+            if rows[t]:  # reduce to the selected positions on the device, then copy only those rows off it
+                dev = next(iter(states.values())).device
+                bi = torch.tensor([r[0] for r in rows[t]], device=dev)
+                pi = torch.tensor([r[1] for r in rows[t]], device=dev)
+                tensors = {l: st[bi, pi].to(self.store_dtype).cpu() for l, st in states.items()}
+            out_by_token[t] = {"records": [records[t][s.index] for s in batch if s.index in records[t]],
+                               "tensors": tensors}
+        return out_by_token
 
 
 def noise_image(size: tuple[int, int], seed: int, index: int) -> Image.Image:
@@ -162,14 +177,20 @@ def _record(sample, status: str, caption: str | None = None, position: int | Non
 
 
 class ShardWriter(BasePredictionWriter):
-    """Writes each predicted batch to the feature store as one shard of this rank."""
+    """Writes each predicted batch to the feature store as one shard of this rank: to `store` the
+    prediction `{"records", "tensors"}`, or with `stores` ({token: entry}) each token's part of a
+    per-token prediction (ExtractionModule) to its own entry."""
 
-    def __init__(self, store: FeatureStore):
+    def __init__(self, store: FeatureStore | None = None, stores: dict[str, FeatureStore] | None = None):
         super().__init__(write_interval="batch")
-        self.store = store
+        self.store, self.stores = store, stores
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        self.store.write_shard(trainer.global_rank, prediction["records"], prediction["tensors"])
+        if self.stores is None:
+            self.store.write_shard(trainer.global_rank, prediction["records"], prediction["tensors"])
+        else:
+            for token, part in prediction.items():
+                self.stores[token].write_shard(trainer.global_rank, part["records"], part["tensors"])
         # Lightning records SIGTERM (e.g. SLURM pre-emption) but its predict loop runs on; stop here,
         # right after a complete shard, so the next run resumes from it.
         if getattr(trainer, "received_sigterm", False):
@@ -179,8 +200,8 @@ class ShardWriter(BasePredictionWriter):
 class LogProgress(Callback):
     """Progress lines (done/total, rate, ETA) for logs without a TTY (coxlmm.progress)."""
 
-    def __init__(self, desc: str, total: int, every_s: float = 30.0):
-        self.desc, self.total, self.every_s = desc, total, every_s
+    def __init__(self, desc: str, total: int = 0, every_s: float = 30.0):
+        self.desc, self.total, self.every_s = desc, total, every_s  # desc and total may be set until predict starts
         self.progress: Progress | None = None
 
     def on_predict_start(self, trainer, pl_module) -> None:

@@ -62,9 +62,18 @@ def piece_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
 
 def find_target(tokenizer, generated: list[int], word: str) -> Match | None:
     """First whole-word match of `word` in the generated ids, aligned to pieces; None when absent."""
+    return find_targets(tokenizer, generated, [word])[word]
+
+
+def find_targets(tokenizer, generated: list[int], words: list[str]) -> dict[str, Match | None]:
+    """`find_target` for several words of one caption, decoding its pieces once."""
     if not generated:
-        return None
+        return {w: None for w in words}
     text, spans = piece_spans(tokenizer, generated)
+    return {w: _first_match(text, spans, generated, w) for w in words}
+
+
+def _first_match(text: str, spans: list[tuple[int, int]], generated: list[int], word: str) -> Match | None:
     for m in re.finditer(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text, re.IGNORECASE):
         a, b = m.span()
         first = next((i for i, (s, e) in enumerate(spans) if s <= a < e), None)

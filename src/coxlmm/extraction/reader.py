@@ -31,6 +31,7 @@ import struct
 import torch
 
 from coxlmm.errors import CoxlmmError
+from coxlmm.layer import tensor_name
 from coxlmm.extraction.store import MANIFEST, FeatureStore
 
 
@@ -102,7 +103,7 @@ class ShardRows:
                 "finished extractions only. Run the extraction first."
             )
         self.dir = store.dir
-        self.name = layer if isinstance(layer, str) else f"layer_{layer:03d}"
+        self.name = layer if isinstance(layer, str) else tensor_name(layer)
         self._seen = _fingerprint(self.dir)
         records = [r for r in store.shard_records() if r["selected"]]
         if not records:

@@ -5,6 +5,7 @@ Layout of one entry (`<root>/<key>/`):
     shard-<first index>-r<rank>.json          every sample of the shard: index, id, caption, selected, ...
     manifest.json                             written last: the key fields, counts, selected samples
 and beside it `<key>.lock` (the entry's OS file lock) and `<key>.holder.json` (who holds it, since when).
+The key is `coxlmm.io.content_key` of the fields; writes and the lock are `coxlmm.io`'s.
 
 A shard is complete when its JSON exists: the tensors are written first, both through a temporary
 file and an atomic rename, so an interrupted extraction leaves no half-written shard that a later
@@ -12,88 +13,32 @@ run would take as complete. A run resumes by skipping the dataset indices found 
 and `load` orders rows by dataset index, so a resumed extraction yields the same Z as an
 uninterrupted one. Ranks of a multi-device run write their own shards; `load` presents one Z.
 
-Many jobs (processes, SLURM tasks) share the store. `FeatureStore.lock()` is one lock per entry,
-a `filelock` (fcntl) lock that the OS releases when its holder dies, even by `kill -9`: of several
-jobs that need the same entry, one fills it and the others wait, then read it. A waiting job says
-whom it waits for and since when, every `wait_report_s` seconds; Ctrl-C while waiting touches
-nothing. (fcntl locks need a file system that supports them: local disks and most cluster file
-systems do; NFS only with its lock daemon.)
+Many jobs (processes, SLURM tasks) share the store. `FeatureStore.lock()` is one lock per entry
+(`coxlmm.io.entry_lock`), a `filelock` (fcntl) lock that the OS releases when its holder dies, even
+by `kill -9`: of several jobs that need the same entry, one fills it and the others wait, then read it.
+A waiting job says whom it waits for and since when, every `wait_report_s` seconds; Ctrl-C while
+waiting touches nothing. (fcntl locks need a file system that supports them: local disks and most
+cluster file systems do; NFS only with its lock daemon.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import os
-import socket
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from coxlmm.errors import CoxlmmError
-
-log = logging.getLogger(__name__)
+from coxlmm.io import atomic_write, content_key, entry_lock
+from coxlmm.layer import tensor_name
 
 MANIFEST = "manifest.json"
 STORE_VERSION = 2  # v2: blocks + final norm stored, records hold the generated prefix and annotations
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
-
-
-def store_key(fields: dict[str, Any]) -> str:
-    """Stable short hash of the JSON-serialised key fields."""
-    blob = json.dumps(fields, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _since(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-
-
-@contextmanager
-def entry_lock(path: Path, what: str, wait_report_s: float = 30.0) -> Iterator[None]:
-    """Hold the OS file lock `<path>.lock` for the body; wait for another holder, saying who it is.
-
-    Writes `<path>.holder.json` (host, pid, since) while held, so a waiting job can name its holder.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
-    holder = Path(str(path) + ".holder.json")
-    start, timeout = time.monotonic(), 0.0
-    while True:
-        try:
-            lock.acquire(timeout=timeout)
-            break
-        except Timeout:
-            try:
-                h = json.loads(holder.read_text())
-                who = f"{h['host']} pid {h['pid']} since {_since(h['since'])}"
-            except (OSError, ValueError, KeyError):
-                who = "another job (not yet named)"
-            log.info("waiting for %s: held by %s; waited %.0f s", what, who, time.monotonic() - start)
-            timeout = wait_report_s
-    try:
-        atomic_write_text(holder, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
-        yield
-    finally:
-        holder.unlink(missing_ok=True)
-        lock.release()
 
 
 class FeatureStore:
@@ -101,7 +46,7 @@ class FeatureStore:
 
     def __init__(self, root: str | Path, fields: dict[str, Any]):
         self.fields = fields
-        self.key = store_key(fields)
+        self.key = content_key(fields)
         self.dir = Path(root) / self.key
 
     # --- state ----------------------------------------------------------------------------------
@@ -114,6 +59,10 @@ class FeatureStore:
         """This entry's lock (see the module doc); yields the store."""
         with entry_lock(self.dir, what or f"feature-store entry {self.key}", wait_report_s):
             yield self
+
+    def try_lock(self):
+        """This entry's lock if no other job holds it, without waiting: a context yielding whether it is held."""
+        return entry_lock(self.dir, f"feature-store entry {self.key}", wait=False)
 
     def shard_records(self) -> list[dict[str, Any]]:
         """Records of every complete shard, sorted by dataset index, duplicates (DDP padding) dropped."""
@@ -137,10 +86,10 @@ class FeatureStore:
         n_sel = sum(r["selected"] for r in records)
         sel_row = iter(range(n_sel))
         records = [{**r, "row": next(sel_row) if r["selected"] else None} for r in records]
-        named = {(k if isinstance(k, str) else f"layer_{k:03d}"): t.contiguous() for k, t in tensors.items()}
+        named = {(k if isinstance(k, str) else tensor_name(k)): t.contiguous() for k, t in tensors.items()}
         if named:
-            _atomic_write(self.dir / f"{stem}.safetensors", lambda p: save_file(named, str(p)))
-        _atomic_write(self.dir / f"{stem}.json", lambda p: p.write_text(json.dumps({"records": records})))
+            atomic_write(self.dir / f"{stem}.safetensors", lambda p: save_file(named, str(p)))
+        atomic_write(self.dir / f"{stem}.json", json.dumps({"records": records}))
 
     def finalize(self, extra: dict[str, Any], sample_keys: tuple[str, ...] = ("index", "id", "caption", "position",
                                                                                "token_ids")) -> dict[str, Any]:
@@ -154,7 +103,7 @@ class FeatureStore:
             **extra,
             "samples": [{k: r.get(k) for k in sample_keys} for r in records if r["selected"]],
         }
-        atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=1))
+        atomic_write(self.dir / MANIFEST, json.dumps(manifest, indent=1))
         return manifest
 
     def discard_manifest(self) -> None:
@@ -174,7 +123,7 @@ class FeatureStore:
 
         Reads only the requested layers' tensors of each shard (safetensors reads them lazily)."""
         layers = list(dict.fromkeys(layers))  # a layer listed twice is read once, never doubled
-        return self._load({l: f"layer_{l:03d}" for l in layers})
+        return self._load({l: tensor_name(l) for l in layers})
 
     def _load(self, wanted: dict[Any, str]) -> tuple[dict[Any, torch.Tensor], list[dict[str, Any]]]:
         records = [r for r in self.shard_records() if r["selected"]]
@@ -188,7 +137,7 @@ class FeatureStore:
                 names = set(f.keys())
                 for key, name in wanted.items():
                     if name not in names:
-                        held = sorted(int(k[6:]) for k in names if k.startswith("layer_")) or sorted(names)
+                        held = sorted(names)
                         raise CoxlmmError(
                             f"layer {key} is not in the feature store {self.dir} (it holds {held}); set "
                             "extraction.layers=all or delete the entry."

@@ -22,9 +22,9 @@ Two steps, kept apart so the filter can be tested on real tokenizer output witho
      - is not an English stopword (scikit-learn's list), unless it is one of the `keep` words: the
        factor values a dataset declares ("top", "bottom", "front", "back" are stopwords, and a
        position factor would otherwise never be nameable);
-     - is an English word of `grounding_vocabulary()`: the offline `english-words` list (web2, the
-       list the reference code's nltk `words` corpus comes from) without its short entries that
-       are not common words (below), or a regular plural of one (circles -> circle, boxes -> box,
+     - is an English word of `grounding_vocabulary()` (coxlmm/words.py): the offline `english-words`
+       list (web2, the list the reference code's nltk `words` corpus comes from) without its short
+       entries that are not common words (below), or a regular plural of one (circles -> circle, boxes -> box,
        puppies -> puppy: web2 lacks most inflected forms);
    then case-folds, de-duplicates (first occurrence wins, so logit order is kept) and keeps the
    first `n_words`. A concept may get fewer than `n_words` words, or none.
@@ -43,55 +43,18 @@ Known limits: web2 lacks modern words (laptop, skateboard, frisbee) and longer a
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
 from typing import Any
 
 import torch
+
+from coxlmm.directions import random_directions
+from coxlmm.words import grounding_vocabulary, stopwords
 
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, Llama-3, SmolLM2, Qwen), sentencepiece
 CONTINUATION_MARKER = "##"  # WordPiece
 
 Unembed = Callable[[torch.Tensor], torch.Tensor]  # (n, B) -> (n, vocab)
-
-
-@lru_cache(maxsize=4)
-def english_words(source: str = "web2") -> frozenset[str]:
-    """The offline English word list (lower-cased); loaded once per process."""
-    from english_words import get_english_words_set
-
-    return frozenset(get_english_words_set([source], lower=True))
-
-
-SHORT_WORD = 4  # web2 words up to this length must also be common (a whole WordPiece token)
-
-
-@lru_cache(maxsize=1)
-def grounding_vocabulary() -> frozenset[str]:
-    """The default word list of `filter_words`: web2 minus short entries that are not whole-word
-    tokens of all-MiniLM-L6-v2's vocabulary (rule and counts: module doc). Without that package,
-    plain web2 (with a warning)."""
-    from coxlmm.errors import CoxlmmError
-    from coxlmm.scorers.bertscore import minilm_dir
-
-    web2 = english_words()
-    try:
-        with open(os.path.join(minilm_dir(), "vocab.txt"), encoding="utf-8") as f:
-            common = {line.strip() for line in f}
-    except (CoxlmmError, OSError) as e:
-        warnings.warn(f"grounding words: plain web2, short fragments not removed ({e})", stacklevel=2)
-        return web2
-    return frozenset(w for w in web2 if len(w) > SHORT_WORD or w in common)
-
-
-@lru_cache(maxsize=1)
-def stopwords() -> frozenset[str]:
-    """scikit-learn's English stopword list (318 words); imported lazily, sklearn is slow to import."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return frozenset(ENGLISH_STOP_WORDS)
 
 
 # --- the filter (pure) --------------------------------------------------------------------------
@@ -328,13 +291,6 @@ class RandomWordPool:
 def keep_words(factors: dict[str, Sequence[str]]) -> set[str]:
     """The words of a dataset's declared factor values ("light gray" gives two): the filter keeps them."""
     return {part for values in factors.values() for v in values for part in str(v).split()}
-
-
-def random_directions(n_concepts: int, hidden_size: int, seed: int = 0) -> torch.Tensor:
-    """(K, B) random unit vectors, reproducible for a seed (the Rnd-Words baseline's 'concepts')."""
-    g = torch.Generator().manual_seed(seed)
-    R = torch.randn(n_concepts, hidden_size, generator=g)
-    return R / R.norm(dim=1, keepdim=True)
 
 
 def random_words(

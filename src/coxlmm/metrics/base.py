@@ -14,8 +14,9 @@ what they mean.
 A metric never drives the model and never writes into shared state. What it needs from the model
 stages it *requests* with typed values (`NoiseStates`; the causal package adds its own): the
 pipeline fills every request before the metric runs and hands the result back in the input
-(`Split.noise`). A user adds a metric by writing such a class and listing it with `_target_` in a
-conf/metrics/*.yaml file; its numbers then appear in the tables and the browser with no other edit.
+(`Split.noise`). A user adds a metric by writing such a class, naming it with `_target_` in one
+conf/metric/<name>.yaml file and adding that to a set's defaults list (conf/metrics/*.yaml); its numbers
+then appear in the tables and the browser with no other edit.
 
 Shapes: Z (M, B), V (M, K), U (K, B); row i of a split's Z, V and noise draws belongs to its records[i].
 """

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +135,8 @@ class Explanations(Metric):
 
     # --- detection and fuzzing ---
     def detection(self, inp: EvalInput, s: SampleScorer, seed: int):
-        from coxlmm.grounding.text import RandomWordPool, keep_words, random_directions
+        from coxlmm.directions import random_directions
+        from coxlmm.grounding.text import RandomWordPool, keep_words
 
         test = inp.test
         V = test.V.detach().float().numpy()
@@ -232,7 +232,7 @@ class Explanations(Metric):
 
     # --- factor accuracy ---
     def factor_accuracy_scores(self, inp: EvalInput, seed: int):
-        from coxlmm.grounding.text import random_directions
+        from coxlmm.directions import random_directions
 
         train, test = inp.train, inp.test
         names, Y_train = target_labels(train.annotations, inp.factors, test.annotations)

@@ -88,7 +88,7 @@ class Heldout(Metric):
         colours = list(inp.factors[self.factor])
         args = (inp.train.annotations, test.annotations, colours, self.factor, self.min_samples)
         out = heldout_scores(inp.train.V.float().numpy(), test.V.float().numpy(), *args)
-        from coxlmm.grounding.text import random_directions
+        from coxlmm.directions import random_directions
 
         U_r = random_directions(inp.dictionary.n_concepts, test.Z.shape[1], seed=inp.seed + 13)
         mean = inp.train.Z.float().mean(0)

@@ -14,11 +14,13 @@ from coxlmm.metrics.base import EvalInput, Metric, MetricResult
 from coxlmm.metrics.reconstruction import DICTIONARY_TABLE
 from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
 
+OVERLAP_TABLE = TableSpec("overlap", "Overlap of concept words (lower is more disentangled)", pivot=True,
+                          token_mean=True, order=30)
 SCHEMA = Schema(
-    scores=[Score("overlap", "Overlap", ("overlap", "dictionary"), better=-1, summary=True, curve=True)],
+    scores=[Score("overlap", "Overlap", (OVERLAP_TABLE.name, DICTIONARY_TABLE.name), better=-1, summary=True,
+                  curve=True)],
     samples=[Samples("overlap_per_concept", "Overlap, concept", unit="concept", better=-1)],
-    tables=[TableSpec("overlap", "Overlap of concept words (lower is more disentangled)", pivot=True, token_mean=True,
-                      order=30), DICTIONARY_TABLE])
+    tables=[OVERLAP_TABLE, DICTIONARY_TABLE])
 
 
 def overlap_per_concept(words: list[list[str]]) -> list[float]:

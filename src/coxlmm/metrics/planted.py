@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from coxlmm.directions import random_directions
+
 
 def planted_features(M: int = 2000, B: int = 64, T: int = 16, p_fire: float = 0.15,
                      magnitude_std: float = 0.5, noise: float = 0.05, offset: float = 0.0,
@@ -41,8 +43,7 @@ def planted_features(M: int = 2000, B: int = 64, T: int = 16, p_fire: float = 0.
     (the common direction of LLM hidden states); ε: isotropic Gaussian with E‖ε‖² = 1 per row,
     so `noise` is the noise norm relative to a unit feature. Seeded."""
     g = torch.Generator().manual_seed(seed)
-    D = torch.randn(T, B, generator=g)
-    D /= D.norm(dim=1, keepdim=True)
+    D = random_directions(T, B, g)
     active = torch.rand(M, T, generator=g) < p_fire
     A = active * (1 + magnitude_std * torch.randn(M, T, generator=g)).abs()
     o = torch.randn(B, generator=g)

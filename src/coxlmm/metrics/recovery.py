@@ -400,7 +400,7 @@ class Recovery(Metric):
             extra["prefix_only"] = (_mean_result(results), draws[0][1])
         mean = train.Z.float().mean(0)
         if self.random_baseline:
-            from coxlmm.grounding.text import random_directions
+            from coxlmm.directions import random_directions
 
             U_r = random_directions(train.V.shape[1], train.Z.shape[1], seed=inp.seed)
             a, b = _np(centred_relu(train.Z, U_r, mean)), _np(centred_relu(test.Z, U_r, mean))

@@ -43,7 +43,7 @@ import torch
 from coxlmm.errors import CoxlmmError
 from coxlmm.metrics.base import NOISE_TRAIN, EvalInput, Metric, MetricResult, Split
 from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec, with_spreads
-from coxlmm.metrics.stats import mean_std, paired_scores, per_unit
+from coxlmm.metrics.stats import mean_std, paired_scores
 from coxlmm.scorers.base import Scorers, batches, clip_score
 from coxlmm.scorers.words import words_bert_scores, words_clip_scores_many
 

@@ -15,6 +15,11 @@ Generation is greedy. During `generate`, the extraction registers forward hooks 
 `decoder_layers()[l]` that keep only the last position of each forward call: the prefill call's
 last position predicts generated token g_0, and decode call j predicts g_j. So the hooked states
 line up one-to-one with the generated ids, and nothing but (B, H) per step and layer is kept.
+Every hook goes through `models/hooks.py`.
+
+`teacher_forced_states` (the independent check path, and the forward of every causal intervention) is
+written once, here: an adapter supplies only `forward_sequence`, its one forward over prompt + generated
+ids (how it builds the inputs or embeddings, which module it calls); the states come from hooks.
 """
 
 from __future__ import annotations
@@ -27,82 +32,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-
-NORM = "norm"  # the layer name of the final norm's output (index num_layers)
-
-
-def resolve_layer(layer: Any, num_layers: int, model_id: str = "the model") -> int:
-    """A layer as given by a user (an int, negative from the end, or "norm") -> an index in
-    [0, num_layers], num_layers being the final norm's output. CoxlmmError when out of range."""
-    from coxlmm.errors import CoxlmmError
-
-    n = num_layers
-    if isinstance(layer, str) and layer.strip().lower() == NORM:
-        return n
-    try:
-        as_int = int(layer)
-        ok = not isinstance(layer, bool) and as_int == float(layer)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not -n <= as_int < n:
-        raise CoxlmmError(
-            f"layer {layer!r} is out of range for {model_id}, whose language model has {n} decoder blocks: use an "
-            f"index in [{-n}, {n - 1}] (negative counts from the end, -1 = last) or {NORM!r} (the final norm's "
-            f"output)."
-        )
-    return as_int % n
-
-
-def layer_name(index: int, num_layers: int) -> str:
-    """'29' for a block, 'norm' for the final norm's output (index num_layers)."""
-    return NORM if index == num_layers else str(index)
-
-
-def _output_tensor(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _with_tensor(output: Any, h: torch.Tensor) -> Any:
-    return (h, *output[1:]) if isinstance(output, tuple) else ([h, *output[1:]] if isinstance(output, list) else h)
-
-
-def _replace_rows(rows: torch.Tensor, cols: torch.Tensor, states: torch.Tensor):
-    """A forward hook setting output[rows[i], cols[i]] = states[i] (the first call only: one forward)."""
-    def hook(_module, _args, output):
-        h = _output_tensor(output).clone()
-        h[rows.to(h.device), cols.to(h.device)] = states.to(h.device, h.dtype)
-        return _with_tensor(output, h)
-
-    return hook
-
-
-def _transform_span(start: int, length: int, transform):
-    """A forward hook replacing output[:, start:start+length] by transform(those states) (n, H) -> (n, H):
-    the reconstruction (or an ablation) spliced in at every position that predicts a generated token."""
-    def hook(_module, _args, output):
-        h = _output_tensor(output).clone()
-        span = h[:, start:start + length]
-        flat = span.reshape(-1, span.shape[-1]).clone()  # the identity transform must not alias h
-        h[:, start:start + length] = transform(flat).to(h.device, h.dtype).reshape(span.shape)
-        return _with_tensor(output, h)
-
-    return hook
-
-
-def _add_delta(deltas: torch.Tensor, positions: str):
-    """A forward hook adding deltas (R, H) to the last position of every call (generation: the prefill's
-    last position predicts g_0, decode call j predicts g_j), or to every position ("all")."""
-    def hook(_module, _args, output):
-        h = _output_tensor(output)
-        d = deltas.to(h.device, h.dtype)
-        if positions == "all":
-            h = h + d[:, None, :]
-        else:
-            h = h.clone()
-            h[:, -1] += d
-        return _with_tensor(output, h)
-
-    return hook
+from coxlmm.layer import resolve_layer
+from coxlmm.models import hooks
 
 
 @dataclass(frozen=True)
@@ -193,13 +124,27 @@ class LMM(nn.Module, abc.ABC):
         return [*self.decoder_layers(), self.norm_module()]
 
     @abc.abstractmethod
+    def forward_sequence(self, inputs: dict[str, torch.Tensor], generated: torch.Tensor) -> None:
+        """One forward of the model, without KV cache, over the prepared prompt inputs (B, P) followed by
+        the ids `generated` (B, T), with every per-token input extended as `generate` extends it. Its
+        output is not used: `teacher_forced_states` reads the hook points."""
+
+    @torch.no_grad()
     def teacher_forced_states(
         self, inputs: dict[str, torch.Tensor], generated: torch.Tensor, layers: list[int]
     ) -> dict[int, torch.Tensor]:
-        """Independent check path: one forward over prompt + `generated` (B, T).
+        """Independent check path: one forward over prompt (B, P) + `generated` (B, T).
 
-        Returns {l: (B, T, H)} where [:, j] is the state at the position that predicts generated[:, j].
+        Returns {l: (B, T, H)} keyed by the layers as given, where [:, j] is the state at position P - 1 + j,
+        the one that predicts generated[:, j] (the last prompt position for j = 0). Tokens after EOS come
+        later in the sequence, so the causal mask hides them.
         """
+        P, T = inputs["input_ids"].shape[1], generated.shape[1]
+        idx = {l: self.hook_index(l) for l in layers}
+        points = self.hook_points()
+        with hooks.capture({i: points[i] for i in set(idx.values())}) as states:
+            self.forward_sequence(inputs, generated)
+        return {l: states[i][:, P - 1: P - 1 + T] for l, i in idx.items()}
 
     # --- logit lens -----------------------------------------------------------------------------
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
@@ -237,11 +182,8 @@ class LMM(nn.Module, abc.ABC):
         inputs = self.prepare(images)
         P = inputs["input_ids"].shape[1]
         point = self.hook_points()[self.hook_index(layer)]
-        handle = point.register_forward_hook(_replace_rows(torch.arange(R), P - 1 + pos, states))
-        try:
+        with hooks.hooked((point, hooks.replace_rows(torch.arange(R), P - 1 + pos, states))):
             out = self.teacher_forced_states(inputs, generated, [self.num_layers])[self.num_layers]
-        finally:
-            handle.remove()
         h = out[torch.arange(R, device=out.device), pos.to(out.device)]  # (R, H), after the final norm
         return torch.log_softmax(self.head(h), dim=-1).cpu()
 
@@ -252,11 +194,8 @@ class LMM(nn.Module, abc.ABC):
         position that predicts a generated token ("generated": the prompt's last position, then each
         decode step) or at every position, prompt included ("all"). A zero delta is plain generation."""
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.prepare(images).items()}
-        handle = self.hook_points()[self.hook_index(layer)].register_forward_hook(_add_delta(deltas, positions))
-        try:
+        with hooks.hooked((self.hook_points()[self.hook_index(layer)], hooks.add_delta(deltas, positions))):
             return self.generate(inputs, max_new_tokens=max_new_tokens)
-        finally:
-            handle.remove()
 
     @torch.no_grad()
     def caption_logprobs(self, images: list[Image.Image], generated: torch.Tensor, layer: int | None = None,
@@ -265,15 +204,12 @@ class LMM(nn.Module, abc.ABC):
         with `transform` ((n, H) -> (n, H)), the output of hook point `layer` is replaced by its transform at
         every position that predicts a caption token (the whole-caption splice of a reconstruction)."""
         inputs = self.prepare(images)
-        handle = None
+        splice = []
         if transform is not None:
             P, T = inputs["input_ids"].shape[1], generated.shape[1]
-            handle = self.hook_points()[self.hook_index(layer)].register_forward_hook(_transform_span(P - 1, T, transform))
-        try:
+            splice = [(self.hook_points()[self.hook_index(layer)], hooks.transform_span(P - 1, T, transform))]
+        with hooks.hooked(*splice):
             h = self.teacher_forced_states(inputs, generated, [self.num_layers])[self.num_layers]  # (R, T, H)
-        finally:
-            if handle is not None:
-                handle.remove()
         lp = torch.log_softmax(self.head(h), dim=-1).cpu()
         return lp.gather(-1, generated.cpu()[..., None])[..., 0]
 

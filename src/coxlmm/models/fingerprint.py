@@ -24,11 +24,12 @@ so no read-ahead multiplies them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
 from pathlib import Path
+
+from coxlmm.io import KEY_CHARS, digest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
 SMALL_FILE_MAX = 64 << 20  # larger non-weight files (e.g. a tokenizer.json of a huge vocabulary) are sampled too
@@ -68,13 +69,12 @@ def file_fingerprint(path: str | Path) -> tuple[str, int]:
     """(16-hex fingerprint, bytes read) of one weight file (see the module doc)."""
     path = Path(path)
     r = _Reader(path)
-    h = hashlib.sha256(f"size={r.size}".encode())
     try:
         spans: list[tuple[int, int]] = []
+        header = b""
         if path.suffix == ".safetensors" and r.size >= 8:
             (n,) = struct.unpack("<Q", r.read(0, 8))
             header = r.read(8, n) if 8 + n <= r.size else b""
-            h.update(header)
             try:
                 tensors = json.loads(header)
                 base = 8 + n
@@ -86,9 +86,8 @@ def file_fingerprint(path: str | Path) -> tuple[str, int]:
         if not spans:
             step = max(1, (r.size - FILE_WINDOW) // max(1, FILE_WINDOWS - 1))
             spans = sorted({(min(i * step, max(0, r.size - FILE_WINDOW)), FILE_WINDOW) for i in range(FILE_WINDOWS)})
-        for offset, n in spans:
-            h.update(r.read(offset, n))
-        return h.hexdigest()[:16], r.bytes_read
+        parts = [f"size={r.size}", header, *(r.read(offset, n) for offset, n in spans)]
+        return digest(parts, chars=KEY_CHARS), r.bytes_read
     finally:
         r.close()
 
@@ -109,7 +108,7 @@ def small_files_sha256(source: str | Path) -> dict[str, str]:
     root = Path(source)
     if not root.is_dir():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(root.rglob("*"))
+    return {str(p.relative_to(root)): digest([p.read_bytes()], chars=KEY_CHARS) for p in sorted(root.rglob("*"))
             if p.is_file() and not _is_weights(p)}
 
 

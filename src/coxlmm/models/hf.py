@@ -53,6 +53,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from coxlmm.errors import CoxlmmError
+from coxlmm.models import hooks
 from coxlmm.models.base import LMM, GenerationOutput, LogitHead, fit_logit_head
 from coxlmm.models.fingerprint import small_files_sha256, weights_fingerprint
 
@@ -164,23 +165,15 @@ class HFVisionLM(LMM):
         first: a class may ignore one (transformers 5.25's Gemma3ForConditionalGeneration does not cap its
         logits although its config names a cap). A head that nothing reproduces is reported, and
         coxlmm-doctor's logp check fails on it."""
-        kept: dict[str, torch.Tensor] = {}
-
-        def keep(_module, _args, output):
-            kept["n"] = (output[0] if isinstance(output, (tuple, list)) else output)[:, -1]
-
-        handle = self._norm.register_forward_hook(keep)
-        try:
+        with hooks.capture({"norm": self._norm}) as kept:
             try:
                 ids = self.tokenizer("A photo of", return_tensors="pt").input_ids.to(self.device)
                 y = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, -1]
             except Exception:  # noqa: BLE001 - a model that needs its image (BLIP-2): one blank image
                 inputs = self._to_model(self.prepare([Image.new("RGB", (32, 32), (128, 128, 128))]))
                 y = self.model(**inputs, use_cache=False).logits[:, -1]
-        finally:
-            handle.remove()
         W = self.W_U
-        z = kept["n"].to(W.device, torch.float32) @ W.float().T
+        z = kept["norm"][:, -1].to(W.device, torch.float32) @ W.float().T
         rtol = 1e-4 if W.dtype == torch.float32 else 3e-2
         head = fit_logit_head(z, y.to(W.device), declared, rtol)
         if head is None:
@@ -269,33 +262,16 @@ class HFVisionLM(LMM):
         return [m for m in self.model.modules()
                 if isinstance(m, PreTrainedModel) and m.get_output_embeddings() is head]
 
-    @torch.no_grad()
-    def teacher_forced_states(
-        self, inputs: dict[str, torch.Tensor], generated: torch.Tensor, layers: list[int]
-    ) -> dict[int, torch.Tensor]:
-        """One forward over prompt (B, P) + generated (B, T) -> {l: (B, T, H)} block outputs.
-
-        Column j is position P - 1 + j, the one whose next-token prediction is generated[:, j]
-        (the last prompt position for j = 0). The per-token inputs are extended as `generate` extends them
-        (`extend_for_generated`); tokens after EOS come later in the sequence, so the causal mask hides them.
-        """
+    def forward_sequence(self, inputs: dict[str, torch.Tensor], generated: torch.Tensor) -> None:
+        """The whole model over prompt + generated ids; the per-token inputs are extended as `generate` extends
+        them (`extend_for_generated`)."""
         inputs = self._to_model(inputs)
         generated = generated.to(self.device)
-        P, T = inputs["input_ids"].shape[1], generated.shape[1]
-        inputs = extend_for_generated(self.model, inputs, T)
+        inputs = extend_for_generated(self.model, inputs, generated.shape[1])
         inputs["input_ids"] = torch.cat([inputs["input_ids"], generated], dim=1)
         if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
             inputs["logits_to_keep"] = 1  # only states are needed; skip the (P+T, vocab) logits
-        idx = {l: self.hook_index(l) for l in layers}
-        states: dict[int, torch.Tensor] = {}
-        points = self.hook_points()
-        hooks = [points[i].register_forward_hook(_keep_output(states, i)) for i in set(idx.values())]
-        try:
-            self.model(**inputs, use_cache=False)
-        finally:
-            for h in hooks:
-                h.remove()
-        return {l: states[i][:, P - 1: P - 1 + T] for l, i in idx.items()}
+        self.model(**inputs, use_cache=False)
 
     @torch.no_grad()
     def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -536,10 +512,3 @@ def _cut_at_eos(new: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[tor
     lengths = torch.clamp(first + 1, max=T)
     after = torch.arange(T, device=new.device)[None, :] >= lengths[:, None]
     return new.masked_fill(after, pad_id), lengths
-
-
-def _keep_output(store: dict[int, torch.Tensor], i: int):
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        store[i] = output[0] if isinstance(output, tuple) else output  # (B, P+T, H)
-
-    return hook

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.models.base import LogitHead, resolve_layer
+from coxlmm.io import atomic_write_dir
+from coxlmm.layer import resolve_layer
+from coxlmm.models.base import LogitHead
 
 READOUT_FILE, META_FILE, TOKENIZER_DIR = "readout.safetensors", "readout.json", "tokenizer"
 
@@ -124,24 +124,20 @@ class Readout:
 
     def save(self, folder: str | Path, fingerprint: dict[str, Any] | None = None) -> None:
         """Write the readout to `folder` atomically (a temporary folder renamed at the end)."""
-        folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         tensors = {"W_U": self.W_U.cpu().contiguous(), "norm_scale": self.norm.scale.contiguous()}
         if self.norm.bias is not None:
             tensors["norm_bias"] = self.norm.bias.contiguous()
-        save_file(tensors, str(tmp / READOUT_FILE))
-        self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         meta = {"kind": self.norm.kind, "eps": self.norm.eps, "num_layers": self.num_layers,
                 "model_id": self.model_id, "vocab": int(self.W_U.shape[0]), "hidden_size": self.hidden_size,
                 "logit_head": self.logit_head.to_dict(),
                 "model": fingerprint or {}}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-        if folder.exists():  # another job wrote it first: same content
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        os.replace(tmp, folder)
+
+        def fill(tmp: Path) -> None:
+            save_file(tensors, str(tmp / READOUT_FILE))
+            self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+
+        atomic_write_dir(folder, fill)  # a folder another job wrote first (same content) is kept
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Readout":

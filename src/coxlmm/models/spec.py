@@ -23,7 +23,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.models.base import LMM, resolve_layer
+from coxlmm.layer import resolve_layer
+from coxlmm.models.base import LMM
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     python -m coxlmm.report.claims outputs/multirun [--readme README.md]
 
-Each claim reads cells of the sweeps' tables (by table name, row and column label, as coxlmm-tables
+Each claim reads cells of the sweeps' tables (by the table names of the metrics' descriptions, row and column label, as coxlmm-tables
 wrote them) and states its verdict from the intervals there: a difference "holds" for a token when its
 95 % CI lies above 0 (a method ranking: when its Holm-adjusted p is below 0.05), and the section says how
 many tokens it holds for, with the numbers. With `--readme`, the section replaces the text between the
@@ -21,6 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from coxlmm.metrics.heldout import HELDOUT
+from coxlmm.metrics.overlap import OVERLAP_TABLE
+from coxlmm.metrics.recovery import RECOVERY, SPLIT
+from coxlmm.metrics.test_eval import table1_spec
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 REFERENCE = "Semi-NMF"
@@ -113,7 +118,7 @@ def section(root: Path) -> str:
             lines.append(f"| Semi-NMF beats every other dictionary on {m} (paired, Holm over the family) | "
                          f"{ranking(t1, m)} |")
         lines.append(f"| Overlap (lower = more disentangled), mean over tokens | "
-                     f"{column_means(t1, 'overlap', r'mean over tokens / .*', _methods(t1))} |")
+                     f"{column_means(t1, OVERLAP_TABLE.name, r'mean over tokens / .*', _methods(t1))} |")
         for m in ("CS", "BS"):
             lines.append(f"| A concept's words match its own top images better than random words, {m} | "
                          f"{versus(t1, m, 'Rnd-Words', unit='concept vs its top images')} |")
@@ -127,8 +132,8 @@ def section(root: Path) -> str:
                      f"the prefix-only control | {versus(t1, 'Factor acc.', 'Random dict.')}; "
                      f"{versus(t1, 'Factor acc.', 'Prefix-only')} |")
         lines.append(f"| Recovery of the target's factors (test AUROC of the concepts matched on train), Semi-NMF | "
-                     f"{column_means(t1, 'recovery', r'Semi-NMF / .* / all', ['Matched', 'Chance (perm.)', 'Prefix-only', 'Random dict.'])} |")
-        l0 = column_means(t1, "table1", r".* / L0 \(test\)", _methods(t1))
+                     f"{column_means(t1, RECOVERY.name, r'Semi-NMF / .* / all', ['Matched', 'Chance (perm.)', 'Prefix-only', 'Random dict.'])} |")
+        l0 = column_means(t1, table1_spec().name, r".* / L0 \(test\)", _methods(t1))
         lines.append(f"| Test L0 of each method (Table 1 compares Semi-NMF at L0 ≈ K with SAEs at k = 5; Semi-NMF "
                      f"(L0≈5) is the matched-sparsity row) | {l0} |")
     else:
@@ -137,7 +142,7 @@ def section(root: Path) -> str:
         for f in ("colour", "size", "position"):
             lines.append(f"| Shape-first captions: Semi-NMF recovers the target's {f} from the image (image-only samples) "
                          f"above the prefix and a random dictionary | "
-                         f"{column_means(shape, 'recovery_split', rf'Semi-NMF / .* / {f}', ['image-only', 'prefix-only, image-only', 'random, image-only'])} |")
+                         f"{column_means(shape, SPLIT.name, rf'Semi-NMF / .* / {f}', ['image-only', 'prefix-only, image-only', 'random, image-only'])} |")
     else:
         missing.append("paper_shape_first")
     if layers is not None:
@@ -148,7 +153,7 @@ def section(root: Path) -> str:
     if heldout is not None:
         lines.append(f"| Colour concepts generalise to held-out (shape, colour) pairs (Semi-NMF; held-out vs seen AUROC; "
                      f"the model's caption accuracy on them) | "
-                     f"{column_means(heldout, 'heldout', r'Semi-NMF / .* / all', ['held-out AUROC', 'seen AUROC', 'held-out AUROC (random dict.)', 'caption acc.'])} |")
+                     f"{column_means(heldout, HELDOUT.name, r'Semi-NMF / .* / all', ['held-out AUROC', 'seen AUROC', 'held-out AUROC (random dict.)', 'caption acc.'])} |")
     else:
         missing.append("paper_heldout")
     if causal is not None:
@@ -160,7 +165,7 @@ def section(root: Path) -> str:
 
 
 def _methods(t: pd.DataFrame) -> list[str]:
-    c = cells(t, "overlap")
+    c = cells(t, OVERLAP_TABLE.name)
     return list(dict.fromkeys(c["column"])) if len(c) else []
 
 

@@ -80,7 +80,7 @@ def _wrap(text: str, width: int) -> str:
 
 
 def _header(cs: "ConceptSet") -> str:
-    parts = [cs.method or "dictionary", f"token '{cs.token}'" if cs.token else "", f"layer {cs.layer}",
+    parts = [cs.method or "dictionary", f"token '{cs.token}'" if cs.token else "", f"layer {(cs.extra or {}).get('layer_name', cs.layer)}",
              f"K = {cs.n_concepts}"]
     return " · ".join(p for p in parts if p)
 

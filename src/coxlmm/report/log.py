@@ -154,16 +154,45 @@ def concept_table(
 
 
 class JobLog:
-    """One job's loggers, from its start to its end (see the module doc). Only global rank 0 logs."""
+    """One job's loggers, from its start to its end (see the module doc). Only global rank 0 logs.
 
-    def __init__(self, cfg_logger: Mapping[str, Any] | DictConfig | None, resolved_cfg: Mapping[str, Any]):
-        from lightning.fabric.utilities.rank_zero import rank_zero_only
+    Off the job's critical path: the loggers are built (W&B's run started) and every call runs on one
+    background thread, in the order made, while the job goes on; `finish` waits for all of it, then closes
+    the runs as `success` or `failed`. A bad `logger` config still fails at once, here. `background=False`
+    runs every call in the caller's thread."""
 
-        self.loggers = build_loggers(cfg_logger) if rank_zero_only.rank == 0 else []
+    def __init__(self, cfg_logger: Mapping[str, Any] | DictConfig | None, resolved_cfg: Mapping[str, Any],
+                 background: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from coxlmm.process import global_rank
+
+        nodes = resolve_logger_cfg(cfg_logger) if global_rank() == 0 else {}
+        self.loggers: list["Logger"] = []
         self._layer_axis = False
-        for logger in list(self.loggers):
-            if not _safely(logger, "the config", lambda: logger.log_hyperparams(dict(resolved_cfg))):
-                self.loggers.remove(logger)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="coxlmm-loggers") if background and nodes else None
+        self._pending: list[Any] = []
+        self._call(self._open, nodes, dict(resolved_cfg))
+
+    def _open(self, nodes: Mapping[str, Any], resolved_cfg: dict[str, Any]) -> None:
+        loggers = build_loggers(nodes)
+        for logger in list(loggers):
+            if not _safely(logger, "the config", lambda: logger.log_hyperparams(resolved_cfg)):
+                loggers.remove(logger)
+        self.loggers = loggers
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the loggers' thread (in order), or here without one."""
+        if self._pool is None:
+            fn(*args)
+        else:
+            self._pending.append(self._pool.submit(fn, *args))
+
+    def flush(self) -> None:
+        """Wait until every call made so far has run (an error in one is raised here)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def _each(self, what: str, fn: Callable[["Logger"], Any], wandb_only: bool = False) -> None:
         for logger in self.loggers:
@@ -180,26 +209,31 @@ class JobLog:
                     flat[f"stages/{name}/{k}"] = v
             if info.get("seconds") and info.get("extracted"):
                 flat[f"stages/{name}/samples_per_s"] = info["extracted"] / info["seconds"]
-        self._each("the model stages", lambda lg: lg.log_metrics(flat))
+        self._call(self._each, "the model stages", lambda lg: lg.log_metrics(flat))
 
     def log_layer(self, res: Any, multi: bool) -> None:
         """A layer's metrics (on the `layer` axis when the run has several), tables, figures, dictionary."""
+        self._call(self._log_layer, res, multi)
+
+    def _log_layer(self, res: Any, multi: bool) -> None:
+        if not self.loggers:
+            return
         import wandb
 
-        prefix = f"layer_{res.name}/" if multi else ""
+        prefix = res.layer.prefix if multi else ""
         if multi:
             def wandb_axis(lg) -> None:
                 run = lg.experiment
                 if not self._layer_axis:
                     run.define_metric("layer")
                     run.define_metric("by_layer/*", step_metric="layer")
-                run.log({"layer": res.layer, **{f"by_layer/{k}": v for k, v in res.metrics.items()}})
+                run.log({"layer": res.layer.index, **{f"by_layer/{k}": v for k, v in res.metrics.items()}})
 
             self._each("the layer's metrics", wandb_axis, wandb_only=True)
             self._layer_axis = True
             for lg in self.loggers:
                 if not _is_wandb_logger(lg):
-                    _safely(lg, "the layer's metrics", lambda: lg.log_metrics(dict(res.metrics), step=res.layer))
+                    _safely(lg, "the layer's metrics", lambda: lg.log_metrics(dict(res.metrics), step=res.layer.index))
         else:
             self._each("metrics", lambda lg: lg.log_metrics(dict(res.metrics)))
 
@@ -221,8 +255,8 @@ class JobLog:
 
                     lg.experiment.log({f"{prefix}report": wandb.Html(inline_report_html(res.out_dir), inject=False,
                                                                        data_is_not_path=True)})
-                artifact = wandb.Artifact(f"dictionary-{lg.experiment.id}-{res.name}", type="dictionary",
-                                          metadata={"method": res.concepts.method, "layer": res.name,
+                artifact = wandb.Artifact(f"dictionary-{lg.experiment.id}-{res.layer.name}", type="dictionary",
+                                          metadata={"method": res.concepts.method, "layer": res.layer.name,
                                                     "token": res.concepts.token})
                 artifact.add_file(str(res.out_dir / "dictionary.safetensors"))
                 lg.experiment.log_artifact(artifact)
@@ -237,10 +271,20 @@ class JobLog:
             else:
                 lg.log_metrics({k: v for k, v in metrics.items() if "/" not in k})
 
-        self._each("the summary", summarise)
+        self._call(self._each, "the summary", summarise)
 
     def finish(self, status: str = "success", error: str | None = None) -> None:
-        """Close every logger; W&B runs end with exit code 0 (success) or 1, `coxlmm/status` and the error."""
+        """Wait for the calls made so far, then close every logger; W&B runs end with exit code 0 (success) or 1,
+        `coxlmm/status` and the error."""
+        self._call(self._finish, status, error)
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _finish(self, status: str, error: str | None) -> None:
         for logger in self.loggers:
             if _is_wandb_logger(logger):
                 def mark(lg=logger) -> None:
@@ -279,70 +323,6 @@ def finish(loggers: Sequence["Logger"], status: str = "success") -> None:
     """Finalize every logger and close W&B runs (the next Hydra job in this process starts a new one)."""
     for logger in loggers:
         _safely(logger, "finalize", lambda: logger.finalize(status))
-        run = getattr(logger, "_experiment", None) if _is_wandb_logger(logger) else None
+        run = logger.experiment if _is_wandb_logger(logger) else None  # opened by `log_hyperparams` (JobLog._open)
         if run is not None and hasattr(run, "finish"):
             _safely(logger, "finish", lambda: run.finish(exit_code=0 if status == "success" else 1))
-
-
-# --- reading an offline W&B run (tests, debugging) ---------------------------------------------------
-def read_offline_run(run_file: str | Path) -> list[Any]:
-    """The records of an offline W&B run file (`wandb/offline-run-*/run-*.wandb`) as protobuf `Record`s.
-
-    The file is W&B's record log: a 7-byte header, then LevelDB-log blocks of 32 KiB whose chunks
-    (7-byte header: crc, length, type FULL/FIRST/MIDDLE/LAST) carry serialized records."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = Path(run_file).read_bytes()
-    block, pos, buf, out = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer: padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0 and length == 0:
-            continue
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            out.append(rec)
-            buf = b""
-    return out
-
-
-def offline_run(run_dir: str | Path, timeout_s: float = 30.0) -> dict[str, Any]:
-    """{"config", "summary", "exit_code", "history"} of the one offline W&B run under `run_dir`/wandb,
-    waiting (up to `timeout_s`) for its exit record: W&B's service may still be writing the file
-    when `finish` returns. The config comes from the run record and every config update."""
-    import json
-    import time
-
-    (run_file,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = read_offline_run(run_file)
-        exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
-        if exits or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-
-    def items(updates) -> dict[str, Any]:
-        return {(u.key or "/".join(u.nested_key)): json.loads(u.value_json) for u in updates}
-
-    config: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
-    for r in records:
-        kind = r.WhichOneof("record_type")
-        if kind == "run":
-            config |= items(r.run.config.update)
-        elif kind == "config":
-            config |= items(r.config.update)
-        elif kind == "summary":
-            summary |= items(r.summary.update)
-        elif kind == "history":
-            history.append(items(r.history.item))
-    return {"config": config, "summary": summary, "exit_code": exits[0] if exits else None, "history": history}

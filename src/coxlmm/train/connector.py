@@ -13,15 +13,14 @@ the 2-core CPU. Two caption styles (the world's grammars), each with its own ins
 (`model.prompts`): each (image, style, reference caption of that style) is one training example,
 and every batch holds one style (so one prompt, and the shared fixed-prompt cache: the styles'
 instructions come after the image, so the fixed ids are the same). The train split never holds the
-world's held-out (shape, colour) pairs. AdamW, linear warm-up then cosine decay. At the end the connector goes to an fp16 safetensors file with a JSON
-sidecar of training facts (data, steps, wall time, losses, machine).
+world's held-out (shape, colour) pairs. AdamW, linear warm-up then cosine decay (`coxlmm.trainer.warmup_cosine`).
+At the end the connector goes to an fp16 safetensors file with a JSON sidecar of training facts (data, steps,
+wall time, losses, machine).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -40,6 +39,8 @@ from tqdm import tqdm
 
 from coxlmm.data.shapes import GENERATOR_VERSION, STYLES, ShapesWorld, captions_for
 from coxlmm.errors import CoxlmmError
+from coxlmm.io import atomic_write, content_key
+from coxlmm.trainer import build_trainer, warmup_cosine
 from coxlmm.models.depalm_mini import (
     DEFAULT_CONNECTOR,
     VISION_DIM,
@@ -66,8 +67,7 @@ def encode_world(model: DePALMMini, world: ShapesWorld, cache_dir: str, batch_si
     The key hashes the world's fingerprint and the encoder, so another world or image size gets
     its own file; the file is written under a temporary name and renamed, so an interrupted run
     never leaves a truncated cache that a later run would trust."""
-    key = hashlib.sha256(json.dumps({"world": world.fingerprint(), "encoder": "efficientnet-lite0+s8",
-                                     "size": model.image_size}, sort_keys=True).encode()).hexdigest()[:16]
+    key = content_key({"world": world.fingerprint(), "encoder": "efficientnet-lite0+s8", "size": model.image_size})
     path = os.path.join(cache_dir, f"depalm_mini_visual_tokens_{key}.safetensors")
     if os.path.isfile(path):
         return load_file(path)["visual_tokens"]
@@ -76,9 +76,8 @@ def encode_world(model: DePALMMini, world: ShapesWorld, cache_dir: str, batch_si
         images = [world[i].image for i in range(start, min(start + batch_size, len(world)))]
         chunks.append(model.encode_images(pixel_values(images, model.image_size)).to("cpu", torch.float16))
     tokens = torch.cat(chunks) if chunks else torch.empty(0, model.n_visual_tokens, VISION_DIM, dtype=torch.float16)
-    os.makedirs(cache_dir, exist_ok=True)
-    save_file({"visual_tokens": tokens.contiguous()}, path + ".tmp", metadata={"world": json.dumps(world.fingerprint())})
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda tmp: save_file({"visual_tokens": tokens.contiguous()}, str(tmp),
+                                             metadata={"world": json.dumps(world.fingerprint())}))
     return tokens
 
 
@@ -251,14 +250,7 @@ class ConnectorModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.connector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
-        def schedule(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            t = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
-            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = warmup_cosine(opt, self.warmup_steps, self.max_steps, self.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -340,7 +332,7 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
                              collate_fn=collate, num_workers=0) if len(val_set) else None)
 
     history = LossHistory()
-    trainer = build(  # the `trainer` group's Trainer (accelerator, devices, precision), with the recipe's loop
+    trainer = build_trainer(  # the `trainer` group's Trainer (accelerator, devices, precision), the recipe's loop
         cfg.trainer,
         max_steps=cfg.train.max_steps,
         logger=make_loggers(cfg),

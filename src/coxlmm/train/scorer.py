@@ -37,7 +37,6 @@ Recipe (conf/train_scorer.yaml; model: scorers/embedded.py):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -55,14 +54,17 @@ from torch.utils.data import DataLoader
 
 from coxlmm.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld, captions_for, objects_of
 from coxlmm.config import build
+from coxlmm.io import atomic_write, content_key, digest
+from coxlmm.trainer import build_trainer, warmup_cosine
 from coxlmm.paths import CONF_PACKAGE
 from coxlmm.paths import cache_dir as cache_dir_default
 from coxlmm.scorers.base import clip_score, words_text
+from coxlmm.models.vision import load_vision_encoder
 from coxlmm.scorers.embedded import (
     DEFAULT_WEIGHTS,
+    IMAGE_SIZE,
     ProjectionHeads,
     image_features,
-    load_image_encoder,
     load_text_encoder,
     save_heads,
     text_features,
@@ -184,13 +186,11 @@ def eval_texts(world: ShapesWorld, style: str = "attribute_first") -> tuple[list
 def distractor_pool(seed: int) -> tuple[list[str], list[str]]:
     """Random English words that name no world factor, split in two disjoint halves (train, val):
     all-MiniLM's whole-word vocabulary ∩ the grounding's English words, minus stopwords."""
-    from coxlmm.grounding.text import english_words, stopwords
-    from coxlmm.scorers.bertscore import minilm_dir
+    from coxlmm.words import english_words, minilm_vocabulary, stopwords
 
     english, stop = english_words(), stopwords()
     world = set(VOCAB) | {w + "s" for w in VOCAB} | {"colour", "color", "shape", "size", "position"}
-    with open(os.path.join(minilm_dir(), "vocab.txt")) as f:
-        vocab = sorted({t.strip() for t in f})
+    vocab = sorted(minilm_vocabulary())
     pool = [w for w in vocab if w.isascii() and w.isalpha() and len(w) > 2 and w in english
             and w not in stop and w not in world]
     order = np.random.default_rng(seed).permutation(len(pool))
@@ -211,14 +211,8 @@ def _cached(path: str, compute) -> tuple[dict[str, torch.Tensor], float]:
         return load_file(path), 0.0
     t0 = time.time()
     feats = compute()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in feats.items()}, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp)))
     return feats, time.time() - t0
-
-
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cached_features(cfg: DictConfig, worlds: dict[str, ShapesWorld], texts: list[str], cache_dir: str
@@ -227,7 +221,7 @@ def cached_features(cfg: DictConfig, worlds: dict[str, ShapesWorld], texts: list
     once and cached. Returns (features, seconds spent computing each set; 0 = loaded from cache)."""
 
     def images() -> dict[str, torch.Tensor]:
-        encoder, out, t0 = load_image_encoder(), {}, time.time()
+        encoder, out, t0 = load_vision_encoder(IMAGE_SIZE), {}, time.time()
         for split, world in worlds.items():
             out[f"img_{split}"] = image_features(encoder, [world[i].image for i in range(len(world))],
                                                  cfg.model.grid, cfg.features_batch_size)
@@ -238,9 +232,9 @@ def cached_features(cfg: DictConfig, worlds: dict[str, ShapesWorld], texts: list
         model, tokenizer = load_text_encoder()
         return {"txt": text_features(model, tokenizer, texts, 2 * cfg.features_batch_size)}
 
-    img_key = _key({"v": FEATURES_VERSION, "grid": cfg.model.grid,
+    img_key = content_key({"v": FEATURES_VERSION, "grid": cfg.model.grid,
                     "worlds": {s: w.fingerprint() for s, w in worlds.items()}})
-    txt_key = _key({"v": FEATURES_VERSION, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest()})
+    txt_key = content_key({"v": FEATURES_VERSION, "texts": digest(["\n".join(texts)])})
     img, s_img = _cached(os.path.join(cache_dir, f"scorer_images_{img_key}.safetensors"), images)
     txt, s_txt = _cached(os.path.join(cache_dir, f"scorer_texts_{txt_key}.safetensors"), text)
     print(f"frozen features: {len(texts)} distinct texts; computed in {s_img:.0f} s (images) + {s_txt:.0f} s (texts)")
@@ -300,15 +294,8 @@ class HeadsModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.heads.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        warm, total = self.optim.warmup_steps, self.optim.max_steps
-
-        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-                                                   "interval": "step"}}
+        sched = warmup_cosine(opt, self.optim.warmup_steps, self.optim.max_steps)  # cosine decay to 0
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, float]]:
@@ -366,7 +353,7 @@ def main(cfg: DictConfig) -> None:
     loader = DataLoader(torch.arange(n_train), batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader([0], batch_size=1)  # one step that scores the whole val split
     steps_per_epoch = n_train // cfg.optim.batch_size
-    trainer = build(  # the `trainer` group's Trainer, with the recipe's loop
+    trainer = build_trainer(  # the `trainer` group's Trainer, with the recipe's loop
         cfg.trainer, max_steps=cfg.optim.max_steps,
         check_val_every_n_epoch=max(1, cfg.optim.val_every_n_steps // steps_per_epoch),
         logger=build_loggers(cfg.logger) or False,

@@ -5,8 +5,9 @@
     write_failed_report(out_dir, ...)  the page of a run dir without concepts (a failed job)
     write_sweep_index(sweep_dir, ...)  index.html of a sweep: failed jobs, one row per job, tables, figures
 
-export.py builds the document (pure), page.py and index.py write pages; static/ holds the CSS and
-JavaScript, inlined into every page: no network, no CDN, no server.
+export.py builds the document (pure), page.py and index.py write pages from the Jinja2 templates in
+templates/ (render.py: the environment and its filters); static/ holds the CSS and JavaScript, inlined
+into every page: no network, no CDN, no server.
 """
 
 from coxlmm.report.browser.export import SCHEMA, build_export, logit_lens

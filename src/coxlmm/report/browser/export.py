@@ -24,7 +24,7 @@ import torch
 
 from coxlmm.grounding.local import rank_concepts
 from coxlmm.metrics.schema import ConceptColumn
-from coxlmm.grounding.text import KEPT, filter_reasons, grounding_vocabulary, top_token_ids, word_pieces
+from coxlmm.grounding.text import KEPT, filter_reasons, top_token_ids, word_pieces
 
 SCHEMA = "coxlmm.browser/2"
 THUMB_DIR = "thumbs"
@@ -209,6 +209,7 @@ def build_export(
     return {
         "schema": SCHEMA,
         "method": concepts.method, "layer": concepts.layer, "token": concepts.token,
+        "layer_name": str((concepts.extra or {}).get("layer_name", concepts.layer)),
         "n_concepts": K, "n_train": int(Vtr.shape[0]), "n_test": int(Vte.shape[0]) if Vte is not None else 0,
         "settings": {"n_bins": n_bins, "per_bin": per_bin, "n_local": n_local, **(settings or {})},
         "metrics": metric_rows(metrics or {}, schema),

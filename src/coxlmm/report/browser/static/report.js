@@ -165,7 +165,7 @@
   }
 
   // --- page ---
-  var title = "Concepts — " + [data.method, data.token ? "token '" + data.token + "'" : "", "layer " + data.layer, "K = " + data.n_concepts].filter(Boolean).join(" · ");
+  var title = "Concepts — " + [data.method, data.token ? "token '" + data.token + "'" : "", "layer " + (data.layer_name || data.layer), "K = " + data.n_concepts].filter(Boolean).join(" · ");
   document.title = title;
   // The run's numbers, grouped by the table their metric puts them in, under their labels.
   var metricRows = [], lastTable = null;
