@@ -23,15 +23,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -e '.[dev]'
 	touch $@
 
+# the fast suite in parallel workers (one per CPU, at most 4; tests of a module share a worker and its fixtures)
+XDIST := -n logical --maxprocesses 4 --dist loadscope
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # the fast suite while two CPU-bound busy loops run beside it: PASS/FAIL and the wall time
 test-busy: install
-	bash bench/test_under_load.sh $(PY) -m pytest -q
+	bash bench/test_under_load.sh $(PY) -m pytest -q $(XDIST)
 
 test-all: install
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m '' $(XDIST)
 
 run: install
 	$(VENV)/bin/coxlmm $(ARGS)

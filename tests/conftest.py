@@ -18,6 +18,12 @@ import os
 # Tests never reach a model hub; set before transformers / huggingface_hub read it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs the suite in pytest-xdist workers: each takes its share of the CPUs (as coxlmm's thread budget
+# does for a sweep's jobs), set before torch loads OpenMP, so that the workers do not oversubscribe the cores.
+# The tests' own subprocesses inherit it; coxlmm's budget reads it as a cap.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 import hashlib  # noqa: E402
 import shutil  # noqa: E402

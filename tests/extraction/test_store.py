@@ -54,3 +54,17 @@ def test_half_written_shard_is_ignored(tmp_path):
     (s.dir / "shard-000000002-r0.safetensors").write_bytes(b"partial")
     (s.dir / ".shard-000000003-r0.json.123.tmp").write_text("{")
     assert s.done_indices() == {0, 1}
+
+
+def test_named_outputs_over_generated_tokens_of_shards_with_different_lengths_load_zero_padded(tmp_path):
+    """A causal stage's shards end at each batch's longest caption ((M, V, T) with T 3 and 5): they load as one
+    (M, V, 5) tensor, the short shard zero-padded, rows in dataset order (make causal failed here on 2026-12-06)."""
+    store = FeatureStore(tmp_path, {"source": "caption_ce"})
+    recs = lambda idx: [{"index": i, "id": f"s{i}", "status": "selected", "selected": True} for i in idx]  # noqa: E731
+    store.write_shard(0, recs([2, 3]), {"logp": torch.full((2, 2, 5), -1.0), "lengths": torch.tensor([5, 4])})
+    store.write_shard(0, recs([0, 1]), {"logp": torch.full((2, 2, 3), -2.0), "lengths": torch.tensor([3, 2])})
+    store.finalize({})
+    out, records = store.load_named(("logp", "lengths"))
+    assert [r["index"] for r in records] == [0, 1, 2, 3] and out["logp"].shape == (4, 2, 5)
+    assert out["logp"][0, :, :3].eq(-2).all() and out["logp"][0, :, 3:].eq(0).all() and out["logp"][3].eq(-1).all()
+    assert out["lengths"].tolist() == [3, 2, 5, 4]

@@ -141,7 +141,7 @@ def test_jobs_differing_in_a_method_setting_are_never_averaged(tmp_path: Path):
 def test_group_variants_name_only_what_sets_a_group_apart():
     configs = {"a": {"seed": 0, "token": "dog", "method": {"name": "pca", "n_concepts": 20}, "data": {"n": 4}},
                "b": {"seed": 1, "token": "cat", "method": {"name": "pca", "n_concepts": 10}, "data": {"n": 4}},
-               "c": {"seed": 0, "token": "dog", "method": {"name": "nmf", "beta": 1}, "data": {"n": 8}}}
+               "c": {"seed": 0, "token": "dog", "method": {"name": "nmf", "beta": 1}, "data": {"n": 8}, "threads": 1}}
     v = group_variants(configs)
     assert v == {"a": "data.n=4", "b": "data.n=4", "c": "data.n=8"}
 
@@ -249,3 +249,18 @@ def test_pure_helpers():
                          {"token": "t", "method": "m", "variant": "", "layer": 5, "n_concepts": 10, "seed": 2},
                          {"token": "t", "method": "m", "variant": "", "layer": 5, "n_concepts": 20, "seed": 0}])
     assert representative(runs)[["layer", "n_concepts", "seed"]].values.tolist() == [[5, 20, 0]]
+
+
+def test_a_one_seed_score_with_its_own_interval_writes_it_to_the_csv(tmp_path: Path):
+    """The causal tables' CIs (one job per method) reach tables.csv, where the README's causal block reads them."""
+    root = tmp_path / "causal"
+    schema = Schema(scores=[Score("ce_rec", "CE recovered", ("faith",), ci=("ce_rec_lo", "ce_rec_hi")),
+                            Score("ce_rec_lo", "lo"), Score("ce_rec_hi", "hi")],
+                    tables=[TableSpec("faith", "Faithfulness")])
+    make_job(root, "0_method=pca", method="pca", display="PCA", token="circle", schema=schema,
+             metrics={"ce_rec": 0.8, "ce_rec_lo": 0.7, "ce_rec_hi": 0.9})
+    assert main([str(root)]) == 0
+    with open(root / "tables.csv") as f:
+        (cell,) = [r for r in csv.DictReader(f) if r["table"] == "faith"]
+    assert (float(cell["mean"]), float(cell["lo"]), float(cell["hi"])) == (0.8, 0.7, 0.9)
+    assert "0.800 [+0.700, +0.900]" in (root / "tables.md").read_text()

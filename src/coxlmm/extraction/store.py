@@ -146,6 +146,20 @@ class FeatureStore:
         # Row j of the concatenation belongs to records[concat[j]]: put the rows back in record order.
         concat = torch.tensor([i for positions in of_shard.values() for i in positions], dtype=torch.long)
         back = torch.argsort(concat)
-        Z = {l: torch.cat(p)[back] if p else torch.empty(0) for l, p in parts.items()}
+        Z = {l: cat_padded(p)[back] if p else torch.empty(0) for l, p in parts.items()}
         return Z, [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+
+
+def cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along rows, zero-padding the trailing dims to the largest: a model stage's per-shard outputs
+    over generated tokens (M, V, T) end at each batch's own longest caption; their `lengths` say what is real."""
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+    if all(list(p.shape[1:]) == shape for p in parts):
+        return torch.cat(parts)
+    out = parts[0].new_zeros((sum(len(p) for p in parts), *shape))
+    at = 0
+    for p in parts:
+        out[(slice(at, at + len(p)), *(slice(0, n) for n in p.shape[1:]))] = p
+        at += len(p)
+    return out
 

@@ -8,7 +8,9 @@ wrote them) and states its verdict from the intervals there: a difference "holds
 many tokens it holds for, with the numbers. With `--readme`, the section replaces the text between the
 README's `<!-- claims:begin -->` and `<!-- claims:end -->` markers, so the README's numbers are the
 tables' and nothing is copied by hand. A sweep or a table that is missing leaves its claims out with a
-note.
+note. `make causal`'s sweep (`causal/tables.csv`) goes between `<!-- causal:begin -->` and
+`<!-- causal:end -->` (and `causal.md`): its two tables with their CIs and, per layer and step, how many
+methods' concepts beat each of their own controls. Each block is rewritten only when its sweeps are there.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from coxlmm.causal.metric import ABLATION_CONTROLS, CONTROL_NAMES, FAITHFULNESS, STEERING
 from coxlmm.metrics.heldout import HELDOUT
 from coxlmm.metrics.overlap import OVERLAP_TABLE
 from coxlmm.metrics.recovery import RECOVERY, SPLIT
 from coxlmm.metrics.test_eval import table1_spec
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
+CAUSAL_BEGIN, CAUSAL_END = "<!-- causal:begin -->", "<!-- causal:end -->"
+PAPER_SWEEPS = ("paper_table1", "paper_shape_first", "layer_ablation", "paper_heldout")
 REFERENCE = "Semi-NMF"
 
 
@@ -102,8 +107,7 @@ def column_means(t: pd.DataFrame, table: str, row: str, columns: Sequence[str]) 
 
 
 def section(root: Path) -> str:
-    t1, shape, layers, heldout, causal = (read(root, s) for s in ("paper_table1", "paper_shape_first", "layer_ablation",
-                                                                    "paper_heldout", "causal"))
+    t1, shape, layers, heldout = (read(root, s) for s in PAPER_SWEEPS)
     lines = ["| claim | holds here? (95 % CIs; tokens circle, square, star, heart unless said) |", "| --- | --- |"]
     missing = []
     if t1 is not None:
@@ -156,10 +160,6 @@ def section(root: Path) -> str:
                      f"{column_means(heldout, HELDOUT.name, r'Semi-NMF / .* / all', ['held-out AUROC', 'seen AUROC', 'held-out AUROC (random dict.)', 'caption acc.'])} |")
     else:
         missing.append("paper_heldout")
-    if causal is not None:
-        lines += _causal(causal)
-    else:
-        missing.append("causal")
     note = f"\n\nNot in this run (no tables.csv): {', '.join(missing)}." if missing else ""
     return "\n".join(lines) + note + "\n"
 
@@ -180,29 +180,76 @@ def _layer_curve(t: pd.DataFrame) -> str:
     return "; ".join(out) or "–"
 
 
-def _causal(t: pd.DataFrame) -> list[str]:
-    lines = []
-    for method in dict.fromkeys(t[t["table"] == "causal_faithfulness"]["row"].astype(str).str.split(" / ").str[0]):
-        faith = cells(t, "causal_faithfulness", rf"{re.escape(method)} / .*")
-        ce = ", ".join(f"layer {r.split(' / ')[2]} {num(m)}" for r, m in
-                       zip(faith[faith["column"] == "CE recovered (zero)"]["row"], faith[faith["column"] == "CE recovered (zero)"]["mean"]))
-        lines.append(f"| Causal faithfulness, {method}: whole-caption CE recovered (zero-ablation baseline) | {ce or '–'} |")
-        steer = cells(t, "causal_steering", rf"{re.escape(method)} / .*")
-        for col in ("Δ − isotropic", "Δ − other concept", "Δ − covariance", "Δ − DiffMean"):
-            v = steer[steer["column"] == col]
-            if len(v):
-                parts = [f"layer {r.split(' / ')[2]}, {r.split(' / ')[3]}: {num(m, sign=True)}" for r, m in zip(v["row"], v["mean"])]
-                lines.append(f"| Steering success, {method}: concept {col} (same step) | {'; '.join(parts)} |")
-    return lines
+def ci_text(c: pd.DataFrame, sign: bool = True) -> str:
+    """'m [lo, hi]' of the one cell in `c` (its own interval when tables.csv has one), '–' without a cell."""
+    if c.empty or pd.isna(c["mean"].iloc[0]):
+        return "–"
+    r = c.iloc[0]
+    has_ci = "lo" in r and "hi" in r and not (pd.isna(r["lo"]) or pd.isna(r["hi"]))
+    return f"{num(r['mean'], sign=sign)}" + (f" [{num(r['lo'], sign=sign)}, {num(r['hi'], sign=sign)}]" if has_ci else "")
 
 
-def update_readme(readme: Path, text: str) -> None:
+def verdict(c: pd.DataFrame) -> str | None:
+    """above / below / n.s. of one paired difference from its interval."""
+    if c.empty or "lo" not in c or pd.isna(c["lo"].iloc[0]):
+        return None
+    return "above" if c["lo"].iloc[0] > 0 else "below" if c["hi"].iloc[0] < 0 else "n.s."
+
+
+def causal_section(t: pd.DataFrame) -> str:
+    """`make causal`'s tables (faithfulness, steering per method, layer and α against each method's own
+    controls, with their CIs) and, per layer and α, how many methods' concepts beat each control."""
+    faith_t, steer_t = t[t["table"] == FAITHFULNESS.name], t[t["table"] == STEERING.name]
+    heads = list(dict.fromkeys(faith_t["row"].astype(str)))  # method / token / layer
+    abl = [f"Δ ablation − {CONTROL_NAMES[c]}" for c in ABLATION_CONTROLS]
+    lines = ["| method | token | layer | CE recovered (zero) | CE recovered (mean) | KL recon (t position) | "
+             + " | ".join(abl) + " |", "| --- " * (6 + len(abl)) + "|"]
+    for head in heads:
+        row = faith_t[faith_t["row"] == head]
+        cols = ["CE recovered (zero)", "CE recovered (mean)", "KL recon (t position)", *abl]
+        lines.append(f"| {head.replace(' / ', ' | ')} | "
+                     + " | ".join(ci_text(row[row["column"] == col], sign=col.startswith("Δ")) for col in cols) + " |")
+    controls = [c for c in CONTROL_NAMES.values() if (steer_t["column"] == f"Δ − {c}").any()]
+    lines += ["", "| method | token | layer | step | success | " + " | ".join(f"Δ − {c}" for c in controls)
+              + " | fluency | names t |", "| --- " * (7 + len(controls)) + "|"]
+    tally: dict[tuple[str, str], dict[str, dict[str, int]]] = {}  # (layer, step) -> control -> verdict counts
+    for r in dict.fromkeys(steer_t["row"].astype(str)):
+        parts = r.split(" / ")
+        row = steer_t[steer_t["row"] == r]
+        if parts[-1] == "all":  # the unsteered captions' fluency and names-t (no step)
+            lines.append(f"| {' | '.join(parts[:3])} | unsteered | – | " + " | ".join("–" for _ in controls) +
+                         f" | {ci_text(row[row['column'] == 'fluency, unsteered'], sign=False)} | "
+                         f"{ci_text(row[row['column'] == 'names t, unsteered'], sign=False)} |")
+            continue
+        diffs = []
+        for c in controls:
+            cell = row[row["column"] == f"Δ − {c}"]
+            diffs.append(ci_text(cell))
+            v = verdict(cell)
+            if v:
+                counts = tally.setdefault((parts[2], parts[3]), {}).setdefault(c, {"above": 0, "below": 0, "n.s.": 0})
+                counts[v] += 1
+        lines.append(f"| {' | '.join(parts)} | {ci_text(row[row['column'] == 'success'], sign=False)} | "
+                     + " | ".join(diffs) + f" | {ci_text(row[row['column'] == 'fluency'], sign=False)} | "
+                     f"{ci_text(row[row['column'] == 'names t'], sign=False)} |")
+    if tally:
+        lines += ["", "Steering success, concept minus each control at the same step (paired, 95 % CI clustered by test "
+                  "sample): how many methods' intervals lie above 0 / below 0 / include 0.", "",
+                  "| layer | step | " + " | ".join(f"vs {c}" for c in controls) + " |", "| --- " * (2 + len(controls)) + "|"]
+        for (layer, step), by_control in tally.items():
+            cells_ = [by_control.get(c) for c in controls]
+            lines.append(f"| {layer} | {step} | " + " | ".join(
+                "–" if n is None else f"{n['above']} / {n['below']} / {n['n.s.']}" for n in cells_) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
     doc = readme.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"claims: {readme} has no {BEGIN} … {END} markers")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"claims: {readme} has no {begin} … {end} markers")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{text}{end}{tail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,11 +257,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("root", help="the folder holding the sweeps (outputs/multirun)")
     parser.add_argument("--readme", help="write the section between the README's claims markers")
     args = parser.parse_args(argv)
-    text = section(Path(args.root))
-    (Path(args.root) / "claims.md").write_text(text)
-    if args.readme:
-        update_readme(Path(args.readme), text)
-    print(text)
+    root = Path(args.root)
+    if not any((root / s / "tables.csv").is_file() for s in (*PAPER_SWEEPS, "causal")):
+        raise SystemExit(f"claims: no tables.csv under {root}/{{{','.join((*PAPER_SWEEPS, 'causal'))}}}: run make paper "
+                         "(or make causal) first")
+    # each block is rewritten only from its own sweeps: make causal alone leaves the paper's claims as they are
+    if any((root / s / "tables.csv").is_file() for s in PAPER_SWEEPS):
+        text = section(root)
+        (root / "claims.md").write_text(text)
+        if args.readme:
+            update_readme(Path(args.readme), text)
+        print(text)
+    causal = read(root, "causal")
+    if causal is not None:
+        text = causal_section(causal)
+        (root / "causal.md").write_text(text)
+        if args.readme:
+            update_readme(Path(args.readme), text, CAUSAL_BEGIN, CAUSAL_END)
+        print(text)
     return 0
 
 

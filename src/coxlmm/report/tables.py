@@ -60,7 +60,8 @@ DASH = "–"
 ID_KEYS = ("job", "method", "method_display", "variant", "label", "token", "layer", "layer_name", "n_concepts", "seed",
            "model", "data")
 _JOB_NUM = re.compile(r"^(\d+)_")
-NOT_A_SETTING = ("seed", "paths", "logger", "hydra")  # config roots that never split a group
+NOT_A_SETTING = ("seed", "paths", "logger", "hydra", "threads")  # config roots that never split a group (threads: how
+# fast, not what: a job run with threads=1 beside other work is the same experiment)
 
 
 # --- reading a sweep (I/O) -------------------------------------------------------------------------------
@@ -334,17 +335,23 @@ def across_seeds(rows: pd.DataFrame, score: Score) -> tuple[float | None, float 
     return float(v.iloc[0]), float(std.iloc[0]) if len(std) else None
 
 
-def interval_mark(rows: pd.DataFrame, score: Score) -> str:
-    """" [lo, hi]" of a score with a CI when the group has one seed (its own interval), else ""."""
+def interval(rows: pd.DataFrame, score: Score) -> tuple[float, float] | None:
+    """(lo, hi) of a score with a CI when the group has one seed (its own interval), else None."""
     if not score.ci or score.key not in rows or rows[score.key].notna().sum() != 1:
-        return ""
+        return None
     lo_key, hi_key = score.ci
     if lo_key not in rows or hi_key not in rows:
-        return ""
+        return None
     lo, hi = rows[lo_key].dropna(), rows[hi_key].dropna()
     if not len(lo) or not len(hi) or not (_finite(lo.iloc[0]) and _finite(hi.iloc[0])):
-        return ""
-    return f" [{float(lo.iloc[0]):+.{score.digits}f}, {float(hi.iloc[0]):+.{score.digits}f}]"
+        return None
+    return float(lo.iloc[0]), float(hi.iloc[0])
+
+
+def interval_mark(rows: pd.DataFrame, score: Score) -> str:
+    """" [lo, hi]" of a score with a CI when the group has one seed (its own interval), else ""."""
+    ci = interval(rows, score)
+    return "" if ci is None else f" [{ci[0]:+.{score.digits}f}, {ci[1]:+.{score.digits}f}]"
 
 
 def _ordered(values: Sequence[Any]) -> list[Any]:
@@ -439,8 +446,10 @@ def rows_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, x: str 
             for s in (s for s in scores if (s.row or "all") == label):
                 mean, std = across_seeds(g, s)
                 if mean is not None:
-                    mark = interval_mark(g, s)
-                    cells.append((head + ((label,) if with_rows else ()), s.label, mean, None if mark else std, mark))
+                    ci, mark = interval(g, s), interval_mark(g, s)
+                    extra = {"lo": ci[0], "hi": ci[1]} if ci else {}  # tables.csv carries the interval too
+                    cells.append((head + ((label,) if with_rows else ()), s.label, mean, None if mark else std, mark,
+                                  extra))
                     digits[s.label] = s.digits
     index = ["method", "token"] + ([{"n_concepts": "K"}.get(x, x)] if x else []) + (["row"] if with_rows else [])
     return _build(spec.name, spec.title, cells, index, spec.note, digits)
