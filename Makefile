@@ -63,7 +63,7 @@ paper: install
 	$(PY) -m coxlmm.report.claims outputs/multirun --readme README.md
 
 causal: install
-	@# Causal faithfulness and steering of 4 dictionaries on token circle (README "Causal checks"); the
+	@# Causal faithfulness and steering of 3 dictionaries on token circle (README "Causal checks"); the
 	@# features are make paper's (same PAPER_DATA): cached after it, extracted otherwise.
 	rm -rf outputs/multirun/causal
 	@TIMEFORMAT="== causal: %R s"; time $(VENV)/bin/coxlmm -m experiment=causal $(PAPER_DATA)
