@@ -22,7 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # does for a sweep's jobs), set before torch loads OpenMP, so that the workers do not oversubscribe the cores.
 # The tests' own subprocesses inherit it; coxlmm's budget reads it as a cap.
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from coxlmm.threads import probe_cpus  # imports no torch
+
+    _cpus, _ = probe_cpus()
     os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 import hashlib  # noqa: E402

@@ -38,8 +38,9 @@ def _app(cfg: DictConfig) -> float | None:
         print(f"\ncoxlmm: error: the config does not resolve ({type(e).__name__}: {e})", file=sys.stderr)
         sys.exit(2)
     # transformers 5's lazy top-level module is not safe to import from two threads at once ("cannot import name
-    # 'AutoTokenizer' from 'transformers"): the loggers' thread imports it through Lightning (torchmetrics), the
-    # stages through the readout's tokenizer. Imported here first, once; every job needs it for the readout.
+    # 'AutoTokenizer' from 'transformers"): a Lightning logger (`_target_: lightning.pytorch.loggers....`) imports it
+    # on the loggers' thread through torchmetrics, the stages through the readout's tokenizer. Imported here first,
+    # once; every job needs it for the readout.
     import transformers  # noqa: F401
 
     job = JobLog(cfg.logger, resolved)

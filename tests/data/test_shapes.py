@@ -36,6 +36,21 @@ def test_same_seed_same_samples_and_pixels():
     assert [r.attributes for r in a.records] != [r.attributes for r in c.records]
 
 
+def test_records_are_drawn_when_read_in_any_order_and_the_store_key_reads_two():
+    """A cached job reads the records of its selected samples only: the dataset's fingerprint (the store key) draws
+    the first and the last; a record read alone, backwards or by a negative index equals the same record read in
+    order."""
+    world = ShapesWorld("train", n_train=300, seed=2)
+    world.fingerprint()
+    assert len(world.records._made) == 2
+    alone = [world.records[i] for i in (250, 17, -1)]
+    assert len(world.records._made) == 4  # 250 and 17; -1 is the last one, already drawn
+    in_order = list(ShapesWorld("train", n_train=300, seed=2).records)
+    assert alone == [in_order[250], in_order[17], in_order[299]] and world.records[295:] == in_order[295:]
+    with pytest.raises(IndexError):
+        world.records[300]
+
+
 def test_splits_are_fixed_and_independent_of_size():
     small, big = ShapesWorld("test", n_test=5), ShapesWorld("test", n_test=50)
     assert [r.attributes for r in small.records] == [r.attributes for r in big.records[:5]]

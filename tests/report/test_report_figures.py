@@ -1,15 +1,19 @@
-"""The concept grid and local-interpretation figures are written as valid PNGs of sensible size."""
+"""The concept grid and local-interpretation figures are written as valid PNGs of sensible size, and their
+pixels show the right samples, bars and frames where their layouts say."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageColor, ImageDraw
 
 from coxlmm.data.base import CaptionDataset, SampleRecord
 from coxlmm.grounding.concept_set import ConceptSet
+from coxlmm.grounding.local import rank_concepts
 from coxlmm.grounding.visual import top_samples
-from coxlmm.report.figures import concept_grid, local_interpretation
+from coxlmm.report.figures import (NO_IMAGE, RANK_COLOURS, GridLayout, LocalLayout, concept_grid,
+                                   local_interpretation)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.filterwarnings("ignore:skipping unreadable image")  # the 'broken' sample
@@ -74,3 +78,73 @@ def test_local_interpretation_png(tmp_path):
                                 tmp_path / "local.png")
     w, h = check_png(path)
     assert 900 <= w <= 1600 and 500 <= h <= 900
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.mode == "RGB"
+        return np.asarray(im)
+
+
+def probe(a: np.ndarray, box) -> tuple[int, int, int]:
+    """The pixel 20 px under the centre of a cell: inside a disc, and under the 'no image' label of a grey cell."""
+    x0, y0, x1, y1 = box
+    return tuple(int(c) for c in a[(y0 + y1) // 2 + 20, (x0 + x1) // 2])
+
+
+def disc_colour(ds, index: int) -> tuple[int, int, int]:
+    """The colour inside a TinyShapes sample's disc (NO_IMAGE grey for the unreadable one)."""
+    rec = ds.records[index]
+    return NO_IMAGE if rec.id == "broken" else ImageColor.getrgb(rec.attributes["colour"])
+
+
+def test_concept_grid_cells_show_each_concepts_samples(tmp_path):
+    """Each MAS cell shows the sample of its row of Z_train (through row_to_index), the unreadable one as a
+    grey cell; the dead concept's row has no image at all, only its 'no activating sample' label."""
+    ds, cs = make(K=4)
+    row_to_index = {r: (r + 5) % len(ds) for r in range(len(ds))}  # row 10 <-> index 3, the broken sample
+    a = pixels(concept_grid(cs, ds, row_to_index, tmp_path / "grid.png"))
+    lay = GridLayout(cs.n_concepts, max(len(r) for r in cs.top_indices))
+    assert a.shape == (lay.size[1], lay.size[0], 3)
+    seen = set()
+    for k in range(1, cs.n_concepts):
+        assert cs.top_indices[k]
+        for j, row in enumerate(cs.top_indices[k]):
+            expected = disc_colour(ds, row_to_index[row])
+            assert probe(a, lay.cell_box(k, j)) == expected, (k, j, row)
+            seen.add(expected)
+    assert NO_IMAGE in seen and len(seen) >= 4  # the broken sample and several colours were checked
+    x0, y0 = lay.cell_box(0, 0)[:2]
+    x1, y1 = lay.cell_box(0, lay.n_mas - 1)[2:]
+    dead = a[y0:y1, x0:x1].astype(int)
+    grey_or_white = (dead[..., 0] == dead[..., 1]) & (dead[..., 1] == dead[..., 2])
+    assert grey_or_white.all() and (dead == NO_IMAGE[0]).all(axis=-1).sum() < 50  # no disc, no grey cell
+    assert (dead < 200).any()  # the label
+
+
+def test_local_interpretation_bars_frames_and_images(tmp_path):
+    """Per test sample: its image; bar r is rank r's colour (at 85 % over white) and score_r x bar_len
+    long (the top one exactly bar_len); concept r's images show its X_k,MAS samples in frames of that colour."""
+    ds, cs = make(K=6)
+    g = torch.Generator().manual_seed(2)
+    V_test = torch.rand(3, 6, generator=g) + torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5, 0.5])  # dead concept 0 ranks low
+    test_rows = [0, 3, 5]
+    a = pixels(local_interpretation(None, cs, torch.zeros(3, 8), ds, test_rows, ds, list(range(len(ds))),
+                                    tmp_path / "local.png", V_test=V_test))
+    lay = LocalLayout(3, 3, 2)
+    assert a.shape == (lay.size[1], lay.size[0], 3)
+    ranking = rank_concepts(V_test, 3)
+    for i in range(3):
+        assert probe(a, lay.image_box(i)) == disc_colour(ds, test_rows[i])
+        for r, (k, s) in enumerate(zip(ranking.order[i].tolist(), ranking.scores[i].tolist())):
+            colour = ImageColor.getrgb(RANK_COLOURS[r])
+            faded = tuple(round(0.85 * c + 0.15 * 255) for c in colour)
+            x0, y0, x1, y1 = lay.bar_box(i, r)
+            line = a[(y0 + y1) // 2, x0:x1 + 40]
+            run = int((line == faded).all(axis=-1).sum())
+            assert run == round(s * lay.bar_len) and (line[:run] == faded).all(), (i, r, run, s)
+            assert cs.top_indices[k]  # not the dead concept 0
+            for j, row in enumerate(cs.top_indices[k][:2]):
+                x0, y0, x1, y1 = lay.mas_box(i, r, j)
+                assert probe(a, (x0, y0, x1, y1)) == disc_colour(ds, row)
+                assert tuple(a[(y0 + y1) // 2, x0 - 2]) == colour and tuple(a[y1 + 1, (x0 + x1) // 2]) == colour

@@ -60,7 +60,7 @@ def test_logger_config_resolves_in_single_and_multi_runs(tmp_path):
     hydra_app(tmp_path, "seed=3")
     single = json.loads((tmp_path / "runs/single/loggers.json").read_text())
     wb, csv = single["logger"]["wandb"], single["logger"]["csv"]
-    assert wb["_target_"] == "lightning.pytorch.loggers.WandbLogger" and wb["offline"] is True
+    assert wb["_target_"] == "coxlmm.report.loggers.WandbLogger" and wb["offline"] is True
     assert wb["save_dir"] == csv["save_dir"] == single["output_dir"]
     assert wb["name"] == "seed=3" and wb["group"] is None and wb["project"] == "coxlmm"
 
@@ -94,9 +94,9 @@ def offline_wandb(monkeypatch, tmp_path):
 
 def loggers_cfg(run_dir: Path) -> dict:
     return {
-        "wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "coxlmm", "offline": True,
+        "wandb": {"_target_": "coxlmm.report.loggers.WandbLogger", "project": "coxlmm", "offline": True,
                   "save_dir": str(run_dir), "name": "", "group": None},
-        "csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(run_dir), "name": "csv",
+        "csv": {"_target_": "coxlmm.report.loggers.CSVLogger", "save_dir": str(run_dir), "name": "csv",
                 "version": ""},
     }
 
@@ -190,7 +190,7 @@ def test_a_failed_job_is_marked_failed_with_its_error(tmp_path, offline_wandb):
 
 
 def test_a_failing_wandb_only_warns(tmp_path, offline_wandb, monkeypatch):
-    from lightning.pytorch.loggers import WandbLogger
+    from coxlmm.report.loggers import WandbLogger
 
     def unreachable(self):
         raise ConnectionError("W&B is unreachable")
@@ -233,3 +233,45 @@ def test_the_loggers_start_off_the_jobs_critical_path_and_finish_waits_for_them(
     job.finish("success")
     run = offline_run(run_dir)
     assert run["exit_code"] == 0 and run["config"]["token"] == "dog" and run["summary"]["overlap"] == 0.5
+
+
+NO_LIGHTNING = """
+import sys, warnings
+from tests.report.test_report_log import layer_result, loggers_cfg
+from pathlib import Path
+from coxlmm.report.log import JobLog
+
+tmp = Path(sys.argv[1])
+with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)  # no logger call may fail
+    job = JobLog(loggers_cfg(tmp / "run"), {"token": "dog"})
+    job.log_layer(layer_result(tmp, 1), multi=False)
+    job.log_summary({"overlap": 0.25})
+    job.finish("success")
+print("lightning imported:", any(m == "lightning" or m.startswith("lightning.") for m in sys.modules))
+"""
+
+
+def test_the_default_loggers_log_a_whole_job_without_importing_lightning(tmp_path):
+    """coxlmm's W&B and CSV loggers: a job whose model stages are cached never pays Lightning's 4 s import."""
+    env = {**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-home"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-home")}
+    env.pop("WANDB_DATA_DIR", None)
+    out = subprocess.run([sys.executable, "-c", NO_LIGHTNING, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "lightning imported: False" in out.stdout
+    run = offline_run(tmp_path / "run")
+    assert run["exit_code"] == 0 and run["config"]["token"] == "dog" and run["summary"]["overlap"] == 0.25
+    assert "overlap" in (tmp_path / "run/csv/metrics.csv").read_text()
+
+
+def test_a_trainer_gets_lightnings_loggers_with_the_same_arguments(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from coxlmm.report.log import trainer_loggers
+
+    wb, csv = trainer_loggers(loggers_cfg(tmp_path / "run"))
+    assert isinstance(wb, WandbLogger) and isinstance(csv, CSVLogger)
+    assert Path(csv.log_dir) == tmp_path / "run" / "csv" and wb.save_dir == str(tmp_path / "run")
+    assert trainer_loggers({}) is False

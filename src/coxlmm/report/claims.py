@@ -264,11 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", help="write the section between the README's claims markers")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    if not any((root / s / "tables.csv").is_file() for s in (*PAPER_SWEEPS, "causal")):
-        raise SystemExit(f"claims: no tables.csv under {root}/{{{','.join((*PAPER_SWEEPS, 'causal'))}}}: run make paper "
+    has_tables = {s: (root / s / "tables.csv").is_file() for s in (*PAPER_SWEEPS, "causal")}
+    if not any(has_tables.values()):
+        raise SystemExit(f"claims: no tables.csv under {root}/{{{','.join(has_tables)}}}: run make paper "
                          "(or make causal) first")
     # each block is rewritten only from its own sweeps: make causal alone leaves the paper's claims as they are
-    if any((root / s / "tables.csv").is_file() for s in PAPER_SWEEPS):
+    if any(has_tables[s] for s in PAPER_SWEEPS):
         text = section(root)
         (root / "claims.md").write_text(text)
         if args.readme:

@@ -1,4 +1,4 @@
-"""Experiment loggers (Lightning's WandbLogger, CSVLogger, ...) built from the `logger` config group.
+"""Experiment loggers (W&B, CSV: report/loggers.py; or any Lightning logger) built from the `logger` config group.
 
 `cfg.logger` maps a name to a `_target_` config (conf/logger/*.yaml); `logger=none` is `{}`.
 `JobLog` holds a job's loggers from its first second to its end: the CLI opens it with the composed
@@ -83,7 +83,7 @@ def resolve_logger_cfg(cfg_logger: Mapping[str, Any] | DictConfig | None) -> dic
         if not isinstance(node, Mapping) or "_target_" not in node:
             raise CoxlmmError(
                 f"logger {name!r} has no `_target_` (got {node!r}): each entry of `logger` must be a "
-                "logger config such as `{_target_: lightning.pytorch.loggers.CSVLogger, save_dir: ...}`; "
+                "logger config such as `{_target_: coxlmm.report.loggers.CSVLogger, save_dir: ...}`; "
                 "see conf/logger/*.yaml, or use `logger=none`."
             )
         out[name] = _fill_wandb_defaults(node) if _is_wandb(node["_target_"]) else dict(node)
@@ -107,6 +107,13 @@ def build_loggers(cfg_logger: Mapping[str, Any] | DictConfig | None) -> list["Lo
     return loggers
 
 
+def trainer_loggers(cfg_logger: Mapping[str, Any] | DictConfig | None) -> list["Logger"] | bool:
+    """The loggers of `cfg.logger` as a Lightning Trainer takes them (coxlmm's own W&B and CSV loggers become
+    Lightning's, same arguments), or False when there are none."""
+    loggers = [lg.lightning() if hasattr(lg, "lightning") else lg for lg in build_loggers(cfg_logger)]
+    return loggers or False
+
+
 # --- logging ----------------------------------------------------------------------------------------
 
 def _safely(logger: "Logger", what: str, fn: Callable[[], Any]) -> bool:
@@ -122,7 +129,7 @@ def _safely(logger: "Logger", what: str, fn: Callable[[], Any]) -> bool:
 
 
 def _is_wandb_logger(logger: "Logger") -> bool:
-    """WandbLogger of `lightning` or `pytorch_lightning`, or a subclass (no wandb import needed)."""
+    """coxlmm's WandbLogger, Lightning's (`lightning` or `pytorch_lightning`), or a subclass (no wandb import)."""
     return any(c.__name__ == "WandbLogger" for c in type(logger).__mro__)
 
 

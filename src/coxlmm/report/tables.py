@@ -348,9 +348,8 @@ def interval(rows: pd.DataFrame, score: Score) -> tuple[float, float] | None:
     return float(lo.iloc[0]), float(hi.iloc[0])
 
 
-def interval_mark(rows: pd.DataFrame, score: Score) -> str:
-    """" [lo, hi]" of a score with a CI when the group has one seed (its own interval), else ""."""
-    ci = interval(rows, score)
+def interval_mark(ci: tuple[float, float] | None, score: Score) -> str:
+    """" [lo, hi]" of an `interval`, "" for None."""
     return "" if ci is None else f" [{ci[0]:+.{score.digits}f}, {ci[1]:+.{score.digits}f}]"
 
 
@@ -446,7 +445,8 @@ def rows_table(spec: TableSpec, scores: list[Score], runs: pd.DataFrame, x: str 
             for s in (s for s in scores if (s.row or "all") == label):
                 mean, std = across_seeds(g, s)
                 if mean is not None:
-                    ci, mark = interval(g, s), interval_mark(g, s)
+                    ci = interval(g, s)
+                    mark = interval_mark(ci, s)
                     extra = {"lo": ci[0], "hi": ci[1]} if ci else {}  # tables.csv carries the interval too
                     cells.append((head + ((label,) if with_rows else ()), s.label, mean, None if mark else std, mark,
                                   extra))

@@ -56,6 +56,7 @@ from coxlmm.models.depalm_mini import (
 from coxlmm.config import build, device_of
 from coxlmm.paths import CONF_PACKAGE
 from coxlmm.paths import cache_dir as cache_dir_default
+from coxlmm.report.log import trainer_loggers
 
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)
 
@@ -295,13 +296,6 @@ def recipe_prompts(cfg: DictConfig) -> dict[str, str]:
     return {STYLES[0]: prompts.pop(STYLES[0]), **prompts}
 
 
-def make_loggers(cfg: DictConfig) -> list | bool:
-    """The `logger` group's loggers (report/log.py: build_loggers), or False for `logger=none`."""
-    from coxlmm.report.log import build_loggers
-
-    return build_loggers(cfg.logger) or False
-
-
 def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     """Run the recipe; returns the training facts (also written next to the connector)."""
     t0 = time.time()
@@ -335,7 +329,7 @@ def train(cfg: DictConfig, model: DePALMMini | None = None) -> dict[str, Any]:
     trainer = build_trainer(  # the `trainer` group's Trainer (accelerator, devices, precision), the recipe's loop
         cfg.trainer,
         max_steps=cfg.train.max_steps,
-        logger=make_loggers(cfg),
+        logger=trainer_loggers(cfg.logger),
         callbacks=[history],
         enable_checkpointing=False,
         enable_progress_bar=cfg.progress_bar,

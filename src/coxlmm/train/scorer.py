@@ -340,7 +340,7 @@ def build_data(cfg: DictConfig, cache_dir: str) -> tuple[dict[str, torch.Tensor]
 
 @hydra.main(config_path=CONF_PACKAGE, config_name="train_scorer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from coxlmm.report.log import build_loggers
+    from coxlmm.report.log import trainer_loggers
 
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
@@ -356,7 +356,7 @@ def main(cfg: DictConfig) -> None:
     trainer = build_trainer(  # the `trainer` group's Trainer, with the recipe's loop
         cfg.trainer, max_steps=cfg.optim.max_steps,
         check_val_every_n_epoch=max(1, cfg.optim.val_every_n_steps // steps_per_epoch),
-        logger=build_loggers(cfg.logger) or False,
+        logger=trainer_loggers(cfg.logger),
         enable_checkpointing=False, enable_progress_bar=cfg.progress_bar,
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic=True,
     )

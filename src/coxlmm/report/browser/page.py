@@ -19,6 +19,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,16 @@ def write_run_report(
                                     "thumb_px": thumb_px},
                           n_bins=n_bins, per_bin=per_bin, n_local=n_local)
     shutil.rmtree(out_dir / THUMB_DIR, ignore_errors=True)  # ours: thumbnails of an earlier run here
-    written = set()
-    for split, index in thumbnails_needed(export):
-        im = image(split, index)
-        if im is not None:
-            _write_thumbnail(im, out_dir / thumb_name(split, index), thumb_px)
-            written.add((split, index))
+    def thumbnail(key: tuple[str, int]) -> tuple[str, int] | None:
+        im = image(*key)
+        if im is None:
+            return None
+        _write_thumbnail(im, out_dir / thumb_name(*key), thumb_px)
+        return key
+
+    # PIL draws, resizes and encodes with the GIL released: the job's threads share the thumbnails
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        written = {key for key in pool.map(thumbnail, thumbnails_needed(export)) if key is not None}
     drop_missing_images(export, written)
     atomic_write(out_dir / EXPORT, json.dumps(export, separators=(",", ":"), allow_nan=False))
     page = out_dir / REPORT
