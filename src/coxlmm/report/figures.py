@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from coxlmm.grounding.local import rank_concepts
+from coxlmm.io import atomic_write
 
 if TYPE_CHECKING:
     from coxlmm.concepts.base import Dictionary
@@ -166,14 +167,9 @@ def _font(px: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.Ima
         return ImageFont.load_default(px)
 
 
-def _rgb(colour: str) -> tuple[int, int, int]:
-    """'#rrggbb' -> (r, g, b)."""
-    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
-
-
 def _fade(colour: str, alpha: float = 0.85) -> tuple[int, int, int]:
     """The colour at `alpha` over white (the bars' look)."""
-    return tuple(round(alpha * c + (1 - alpha) * 255) for c in _rgb(colour))
+    return tuple(round(alpha * c + (1 - alpha) * 255) for c in ImageColor.getrgb(colour))
 
 
 def _fit_line(text: str, font, width: int) -> str:
@@ -222,7 +218,7 @@ def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, image: Image.Image | 
         canvas.paste(image, (x0, y0))
     if frame is not None:
         draw.rectangle((x0 - FRAME_PX, y0 - FRAME_PX, x1 - 1 + FRAME_PX, y1 - 1 + FRAME_PX),
-                       outline=_rgb(frame), width=FRAME_PX)
+                       outline=ImageColor.getrgb(frame), width=FRAME_PX)
 
 
 def _title(draw: ImageDraw.ImageDraw, width: int, text: str) -> None:
@@ -389,7 +385,7 @@ def _bars(draw: ImageDraw.ImageDraw, lay: LocalLayout, i: int, order: list[int],
         if end > x0:
             draw.rectangle((x0, y0, end - 1, y1 - 1), fill=_fade(RANK_COLOURS[r % len(RANK_COLOURS)]))
         draw.text((end + 5, (y0 + y1) / 2), f"{s:.2f}", font=small, fill=(68, 68, 68), anchor="lm")
-    x0, _, x1, _ = lay.bar_box(i, 0)
+    x0 = lay.bar_box(i, 0)[0]
     y = lay.row_top(i) + len(order) * lay.slot + 4
     draw.line((x0, y, x0 + round(1.18 * lay.bar_len), y), fill=(0, 0, 0), width=1)
     for t in (0.0, 0.5, 1.0):
@@ -399,7 +395,5 @@ def _bars(draw: ImageDraw.ImageDraw, lay: LocalLayout, i: int, order: list[int],
 
 
 def _save(canvas: Image.Image, path: str | Path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL, dpi=(DPI, DPI))
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, dpi=(DPI, DPI)))
     return str(path)

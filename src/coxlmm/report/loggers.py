@@ -36,10 +36,6 @@ class WandbLogger:
         self._run = None
 
     @property
-    def name(self) -> str | None:
-        return self.kwargs["name"]
-
-    @property
     def experiment(self):
         """The `wandb.Run` (started here the first time)."""
         if self._run is None:
@@ -88,10 +84,6 @@ class CSVLogger:
         self.kwargs = {"save_dir": str(save_dir), "name": name, "version": version}
         self.log_dir = Path(save_dir) / (name or "") / ("" if version is None else str(version))
         self.rows: list[dict[str, Any]] = []
-
-    @property
-    def experiment(self) -> None:
-        return None
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         from omegaconf import OmegaConf
