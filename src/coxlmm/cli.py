@@ -2,12 +2,13 @@
 
 Each Hydra job first sizes its threads (`threads.py`: the CPUs it is given, divided among the jobs its
 launcher runs at once) and opens its loggers (one W&B run, offline by default) with the composed config,
-on a background thread, so the stages do not wait for W&B; it closes them when it ends: `success`, or
-`failed` with its error, so a job that crashes still leaves its record.
+in a process of their own (`report.log.JobLog`), so the stages do not wait for W&B; it closes them when it
+ends: `success`, or `failed` with its error, so a job that crashes still leaves its record.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -31,18 +32,14 @@ def _app(cfg: DictConfig) -> float | None:
     from coxlmm.report.log import JobLog
     from coxlmm.threads import loader_workers, size_job
 
+    if not gc.get_freeze_count():  # the first job of this process: see `main`
+        gc.freeze()
     quiet_lightning()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except Exception as e:  # an interpolation that cannot resolve: the user's config, said plainly
         print(f"\ncoxlmm: error: the config does not resolve ({type(e).__name__}: {e})", file=sys.stderr)
         sys.exit(2)
-    # transformers 5's lazy top-level module is not safe to import from two threads at once ("cannot import name
-    # 'AutoTokenizer' from 'transformers"): a Lightning logger (`_target_: lightning.pytorch.loggers....`) imports it
-    # on the loggers' thread through torchmetrics, the stages through the readout's tokenizer. Imported here first,
-    # once; every job needs it for the readout.
-    import transformers  # noqa: F401
-
     job = JobLog(cfg.logger, resolved)
     try:
         budget = size_job(cfg.threads)
@@ -115,7 +112,13 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Lightning 2.6 on torch 2.13 warns about its own use of a deprecated pytree API on every predict.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    _app()
+    # The objects the imports made (torch's, Hydra's: millions) are never garbage: frozen once, after the imports
+    # of the first job, the cycle collector stops walking them on every full collection; frozen again at the end,
+    # the interpreter's exit skips its last full collection (0.7 s of a cached job, bench/cached_job.py).
+    try:
+        _app()
+    finally:
+        gc.freeze()
 
 
 if __name__ == "__main__":

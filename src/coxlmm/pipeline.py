@@ -212,7 +212,7 @@ class Features:
 
     @classmethod
     def read(cls, dataset, stores: list[FeatureStore], words: list[str], layers: list[int],
-             noise: list[list[FeatureStore]] = (), tokenizer: Any = None) -> "Features":
+             noise: list[list[FeatureStore]] = (), readout: Any = None) -> "Features":
         """The rows of every word's entry, in word order (each record gets its `word`; with several words
         its id becomes `<id>:<word>`, since an image can hold two target shapes); the noise draws alike."""
         Zs: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
@@ -229,8 +229,8 @@ class Features:
                                       "delete it.")
                 for l in layers:
                     draws[l][s].append(Zn[l].float())
-            if tokenizer is not None:
-                recs = reannotate(dataset, recs, tokenizer, word)
+            if readout is not None:
+                recs = reannotate(dataset, recs, readout, word)
             records += [{**r, "word": word, **({"id": f"{r['id']}:{word}"} if len(words) > 1 else {})} for r in recs]
         return cls(dataset, {l: torch.cat(z) for l, z in Zs.items()}, records,
                    {l: tuple(torch.cat(d) for d in per_seed) for l, per_seed in draws.items()})
@@ -239,10 +239,11 @@ class Features:
         return Split(self.Z[layer], V, self.records, self.dataset, self.noise.get(layer, ()) if self.noise else ())
 
 
-def reannotate(dataset, records: list[dict[str, Any]], tokenizer: Any, token: str) -> list[dict[str, Any]]:
+def reannotate(dataset, records: list[dict[str, Any]], readout: Any, token: str) -> list[dict[str, Any]]:
     """Each record's `annotation` recomputed from its caption and generated prefix (`dataset.annotate`):
     the annotation is a function of the data and the generated text, a tensor-stage fact, so a fix to
-    it applies to cached features without extracting again."""
+    it applies to cached features without extracting again. The prefix is the record's `prefix_text`; the
+    readout's tokenizer (loaded on first use) decodes the `prefix_ids` of entries stored before it was kept."""
     annotate = getattr(dataset, "annotate", None)
     if annotate is None:
         return records
@@ -251,7 +252,8 @@ def reannotate(dataset, records: list[dict[str, Any]], tokenizer: Any, token: st
         if "prefix_ids" not in r or r.get("caption") is None:
             out.append(r)
             continue
-        prefix = tokenizer.decode(list(r["prefix_ids"]), skip_special_tokens=True)
+        prefix = r["prefix_text"] if "prefix_text" in r else readout.tokenizer.decode(list(r["prefix_ids"]),
+                                                                                      skip_special_tokens=True)
         out.append({**r, "annotation": annotate(dataset.records[int(r["index"])], r["caption"], prefix, token)})
     return out
 
@@ -516,10 +518,9 @@ def run(cfg: DictConfig, job=None) -> dict[str, float]:
         log.info("all features cached: no model weights loaded")
 
     t1 = time.perf_counter()
-    tokenizer = readout.at(layers[0].index).tokenizer
     indices = [l.index for l in layers]
-    train = Features.read(train_ds, stores.train, stores.words, indices, stores.noise_train, tokenizer)
-    test = Features.read(test_ds, stores.test, stores.words, indices, stores.noise_test, tokenizer) \
+    train = Features.read(train_ds, stores.train, stores.words, indices, stores.noise_train, readout)
+    test = Features.read(test_ds, stores.test, stores.words, indices, stores.noise_test, readout) \
         if stores.test else None
     scorer = build_scorer(cfg) if cfg.scorer else None
     if getattr(scorer, "clip", None) is not None:  # every job of a sweep embeds an image once (scorers/cache.py)

@@ -63,6 +63,7 @@ def test_log_p_t_equals_the_models_own_logits(arch, samples, tmp_path):
     the norm layer, the readout saved to and read from the cache at the last block) against the logits
     `generate` itself returned."""
     from coxlmm.extraction.capture import generate_with_states
+    from coxlmm.grounding.text import word_pieces
     from coxlmm.models.readout import Readout
 
     name, path, lmm = arch
@@ -85,6 +86,11 @@ def test_log_p_t_equals_the_models_own_logits(arch, samples, tmp_path):
     lens = torch.log_softmax(readout.unembed(states[L - 1][:, j], L - 1), -1)[:, t]
     for got in (causal, head, lens):
         torch.testing.assert_close(got.cpu(), want.cpu(), atol=1e-4, rtol=0)
+    # the saved table of every id's surface piece is what the tokenizer gives (grounding reads it instead)
+    ids = [*card.caption_ids, *lmm.tokenizer.all_special_ids, *range(0, readout.W_U.shape[0], 97),
+           readout.W_U.shape[0] - 1]  # every row of W_U can be a top token; no id past them can
+    assert readout.pieces(ids) == word_pieces(lmm.tokenizer, ids) and readout.pieces([-1]) == [""]
+    assert readout._tokenizer is None  # nor was the tokenizer loaded for it
     if name == "aya_vision":  # the case the issue found: Cohere's logit_scale must be applied
         assert lmm.logit_head.scale == pytest.approx(0.5)
 

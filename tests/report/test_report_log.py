@@ -1,6 +1,7 @@
 """Loggers: conf/logger resolves in single and multirun Hydra jobs; a job's W&B offline run (JobLog)
 writes its files under the run dir, holds the config, per-layer metrics on a layer axis, tables and
-the dictionary, and ends marked failed when the job fails; a failing W&B only warns."""
+the dictionary, and ends marked failed when the job fails; a failing W&B only warns. The loggers run in a
+process of their own, off the job's critical path, and the job's process never imports W&B or Lightning."""
 
 from __future__ import annotations
 
@@ -149,18 +150,21 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_a_job_log_writes_everything_under_the_run_dir(tmp_path, offline_wandb):
+@pytest.mark.parametrize("background", [True, False], ids=["loggers_process", "in_the_job"])
+def test_a_job_log_writes_everything_under_the_run_dir(tmp_path, offline_wandb, capfd, background):
     run_dir = tmp_path / "run"
-    job = JobLog(loggers_cfg(run_dir), {"token": "dog", "method": {"n_concepts": 2}})
-    job.flush()  # the loggers start on their own thread, off the job's critical path
-    assert [type(lg).__name__ for lg in job.loggers] == ["WandbLogger", "CSVLogger"]
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no logger call may fail here
+        warnings.simplefilter("error", RuntimeWarning)  # no logger call may fail here (in this process)
+        job = JobLog(loggers_cfg(run_dir), {"token": "dog", "method": {"n_concepts": 2}}, background=background)
+        job.flush()
+        if not background:
+            assert [type(lg).__name__ for lg in job.loggers] == ["WandbLogger", "CSVLogger"]
         job.log_stages({"train": {"count_selected": 10, "seconds": 2.0, "extracted": 10}}, 2.5, True)
         job.log_layer(layer_result(tmp_path, 1), multi=True)
         job.log_layer(layer_result(tmp_path, 2), multi=True)
         job.log_summary({"layer_1/overlap": 0.25, "n_train": 10.0})
         job.finish("success")
+    assert "failed to log" not in capfd.readouterr().err  # nor in the loggers' process (its stderr is the job's)
     (wb_run,) = (run_dir / "wandb").glob("offline-run-*")
     assert list(wb_run.glob("files/media/table/layer_2/concepts*.table.json"))
     assert list(wb_run.glob("files/media/table/layer_2/recovery_table*.table.json"))
@@ -197,8 +201,8 @@ def test_a_failing_wandb_only_warns(tmp_path, offline_wandb, monkeypatch):
 
     monkeypatch.setattr(WandbLogger, "experiment", property(unreachable))
     run_dir = tmp_path / "run"
-    with pytest.warns(RuntimeWarning, match="WandbLogger failed to log"):
-        job = JobLog(loggers_cfg(run_dir), {"token": "dog"})
+    with pytest.warns(RuntimeWarning, match="WandbLogger failed to log"):  # in this process, to patch W&B
+        job = JobLog(loggers_cfg(run_dir), {"token": "dog"}, background=False)
         job.log_layer(layer_result(tmp_path), multi=False)
         job.flush()
     job.finish("success")
@@ -217,22 +221,48 @@ def test_concept_table_without_images(tmp_path):
     assert rows == [[0, "red", "a, b"], [1, "", "b"]]
 
 
-def test_the_loggers_start_off_the_jobs_critical_path_and_finish_waits_for_them(tmp_path, offline_wandb, monkeypatch):
-    """The job goes on while W&B starts; `finish` still closes a complete run (calls kept in order)."""
-    import threading
+def test_concept_table_images_are_the_browsers_thumbnails_where_it_wrote_them(tmp_path):
+    from PIL import Image
 
-    import coxlmm.report.log as report_log
+    cs, ds, _ = tiny_run(tmp_path)
+    (tmp_path / "thumbs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "thumbs" / "train_1.jpg")  # sample 1's, as the browser names it
+    columns, rows = concept_table(cs, ds, [0, 1], thumbs=tmp_path)
+    assert columns[3:] == ["mas_1", "mas_2"]
+    (a, b), (c, d) = [row[3:] for row in rows]
+    assert b == c == str(tmp_path / "thumbs" / "train_1.jpg")  # the thumbnail's path: no image drawn again
+    assert isinstance(a, Image.Image) and a.getpixel((0, 0)) == (0, 0, 0) and d is None  # drawn: no thumbnail
 
-    gate, built = threading.Event(), report_log.build_loggers
-    monkeypatch.setattr(report_log, "build_loggers", lambda nodes: gate.wait(300) and built(nodes))
-    run_dir = tmp_path / "run"
-    job = JobLog(loggers_cfg(run_dir), {"token": "dog"})
-    job.log_summary({"overlap": 0.5, "n_train": 10.0})  # returns at once: the loggers are not even built
-    assert job.loggers == [] and not gate.is_set()
-    gate.set()
+
+class GatedCSVLogger:
+    """A CSV logger that is built only once the file `gate` exists (a logger that takes long to start)."""
+
+    def __new__(cls, gate: str, **kwargs):
+        import time
+
+        from coxlmm.report.loggers import CSVLogger
+
+        deadline = time.monotonic() + 600  # a guard, not a timing: the test creates the gate
+        while not Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return CSVLogger(**kwargs)
+
+
+def test_the_loggers_start_off_the_jobs_critical_path_and_finish_waits_for_them(tmp_path, offline_wandb):
+    """The job goes on while its loggers start in their own process; `finish` still closes complete runs
+    (calls kept in order)."""
+    run_dir, gate = tmp_path / "run", tmp_path / "gate"
+    cfg = loggers_cfg(run_dir)
+    cfg["csv"] |= {"_target_": f"{__name__}.GatedCSVLogger", "gate": str(gate)}
+    job = JobLog(cfg, {"token": "dog"})
+    job.log_summary({"overlap": 0.5, "n_train": 10.0})  # returns at once: the CSV logger is not even built
+    assert not (run_dir / "csv").exists()
+    gate.touch()
     job.finish("success")
     run = offline_run(run_dir)
     assert run["exit_code"] == 0 and run["config"]["token"] == "dog" and run["summary"]["overlap"] == 0.5
+    assert "token: dog" in (run_dir / "csv/hparams.yaml").read_text()
+    assert "overlap" in (run_dir / "csv/metrics.csv").read_text()
 
 
 NO_LIGHTNING = """
@@ -249,18 +279,20 @@ with warnings.catch_warnings():
     job.log_summary({"overlap": 0.25})
     job.finish("success")
 print("lightning imported:", any(m == "lightning" or m.startswith("lightning.") for m in sys.modules))
+print("wandb imported:", "wandb" in sys.modules)
 """
 
 
 def test_the_default_loggers_log_a_whole_job_without_importing_lightning(tmp_path):
-    """coxlmm's W&B and CSV loggers: a job whose model stages are cached never pays Lightning's 4 s import."""
+    """coxlmm's W&B and CSV loggers: a job whose model stages are cached never pays Lightning's 4 s import, and
+    W&B's runs in the loggers' process, not the job's."""
     env = {**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-home"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-home")}
     env.pop("WANDB_DATA_DIR", None)
     out = subprocess.run([sys.executable, "-c", NO_LIGHTNING, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "lightning imported: False" in out.stdout
+    assert "lightning imported: False" in out.stdout and "wandb imported: False" in out.stdout
     run = offline_run(tmp_path / "run")
     assert run["exit_code"] == 0 and run["config"]["token"] == "dog" and run["summary"]["overlap"] == 0.25
     assert "overlap" in (tmp_path / "run/csv/metrics.csv").read_text()

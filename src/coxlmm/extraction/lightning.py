@@ -70,8 +70,8 @@ class ExtractionModule(_ModelStage):
     One greedy caption serves every token: `token` is the run's target t, `tokens` (optional) every token
     whose states this generation harvests, and `wanted` (optional) the tokens each dataset index is a
     candidate for (default: every token for every sample). Records of selected samples also hold
-    `prefix_ids` (the generated ids before the matched position: what the state that predicts t has read)
-    and `annotation` (`dataset.annotate`, e.g. the world's target-object factors and which of them the
+    `prefix_ids` (the generated ids before the matched position: what the state that predicts t has read),
+    `prefix_text` (them decoded) and `annotation` (`dataset.annotate`, e.g. the world's target-object factors and which of them the
     prefix already names)."""
 
     def __init__(self, lmm, token: str, layers: list[int], max_new_tokens: int, store_dtype: str = "float32",
@@ -108,10 +108,11 @@ class ExtractionModule(_ModelStage):
                         prefix = gen[: match.position]
                         rec = _record(s, "selected", caption, match.position, list(match.token_ids))
                         rec["prefix_ids"] = prefix
+                        # decoded here, so the tensor stages re-annotate without the tokenizer (pipeline.reannotate)
+                        rec["prefix_text"] = tok.decode(prefix, skip_special_tokens=True)
                         rec["generated_ids"] = gen  # the whole greedy caption (causal: whole-caption cross-entropy)
                         if self.annotate is not None:
-                            text = tok.decode(prefix, skip_special_tokens=True)
-                            rec["annotation"] = self.annotate(s, caption, text, t)
+                            rec["annotation"] = self.annotate(s, caption, rec["prefix_text"], t)
                         records[t][s.index] = rec
                         rows[t].append((b, match.position))
         for s in batch:

@@ -11,7 +11,8 @@ Two steps, kept apart so the filter can be tested on real tokenizer output witho
    " dog"; "a" + ing -> "aing" -> "ing". That uses the tokenizer's own decoder, so byte-level BPE
    (`Ġdog`), sentencepiece (`▁dog`) and WordPiece (`dog` vs `##ing`) all come out right. Decoding a
    token alone would not: sentencepiece drops the leading space of the first position of a text,
-   so every `▁dog` would look like a sub-word.
+   so every `▁dog` would look like a sub-word. A piece depends on its id alone: a saved readout holds
+   every id's piece (`Readout.pieces`), which `pieces_of(lens)` reads instead of the tokenizer.
 2. `filter_words(pieces)` keeps a piece iff it
      - starts a word: leading whitespace (or a raw `Ġ` / `▁` marker, so the output of
        `convert_ids_to_tokens` of BPE / sentencepiece tokenizers works as is), or is Capitalised
@@ -125,10 +126,8 @@ def filter_reasons(
     declared factor values)."""
     vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
     stop = stopwords() if stop is None else stop
-    keep = {w.casefold() for w in keep}
-    if keep:
-        stop, vocabulary = stop - keep, vocabulary | keep
-    reasons: list[str] = []
+    keep = frozenset(w.casefold() for w in keep)  # checked beside `stop` and `vocabulary`, never merged into them:
+    reasons: list[str] = []                        # a copy of the 200k-word vocabulary per call cost 0.2 s a job
     seen: set[str] = set()
     for piece in pieces:
         text = _strip_piece(piece)
@@ -143,11 +142,11 @@ def filter_reasons(
             reason = "non-alpha"
         elif len(word) < min_len:
             reason = "too short"
-        elif word in stop:
+        elif word in stop and word not in keep:
             reason = "stopword"
         elif word in seen:
             reason = "duplicate"
-        elif not _in_vocabulary(word, vocabulary, plurals):
+        elif not (_in_vocabulary(word, vocabulary, plurals) or _in_vocabulary(word, keep, plurals)):
             reason = "not in vocabulary"
         else:
             reason = KEPT
@@ -179,11 +178,23 @@ def word_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 
 # --- concepts -> words (model) --------------------------------------------------------------------
 
-def _unembed_and_tokenizer(lmm_or_unembed: Any, tokenizer: Any) -> tuple[Unembed, Any]:
+Pieces = Callable[[Sequence[int]], list[str]]  # token ids -> surface pieces (`word_pieces`)
+
+
+def pieces_of(lens: Any, tokenizer: Any = None) -> Pieces:
+    """`ids -> word_pieces(tokenizer, ids)`: a saved readout's table of every id's piece (`Readout.pieces`: no
+    tokenizer is loaded), else computed with `tokenizer` or the lens's (an `LMM`'s)."""
+    if tokenizer is None and callable(getattr(lens, "pieces", None)):
+        return lens.pieces
+    tok = tokenizer if tokenizer is not None else lens.tokenizer
+    return lambda ids: word_pieces(tok, ids)
+
+
+def _unembed_and_pieces(lmm_or_unembed: Any, tokenizer: Any) -> tuple[Unembed, Pieces]:
     if hasattr(lmm_or_unembed, "unembed"):
-        return lmm_or_unembed.unembed, tokenizer if tokenizer is not None else lmm_or_unembed.tokenizer
+        return lmm_or_unembed.unembed, pieces_of(lmm_or_unembed, tokenizer)
     if callable(lmm_or_unembed) and tokenizer is not None:
-        return lmm_or_unembed, tokenizer
+        return lmm_or_unembed, pieces_of(None, tokenizer)
     raise TypeError("concept_words needs an LMM (with .unembed and .tokenizer) or an unembed callable "
                     f"plus a tokenizer; got {type(lmm_or_unembed).__name__} and tokenizer={tokenizer!r}")
 
@@ -208,9 +219,9 @@ def concept_words(
     `lmm_or_unembed`: an `LMM` (its `unembed` and `tokenizer` are used), or a callable
     (n, B) -> (n, vocab) together with `tokenizer`. `filter_kwargs` go to `filter_words`.
     """
-    unembed, tokenizer = _unembed_and_tokenizer(lmm_or_unembed, tokenizer)
+    unembed, pieces = _unembed_and_pieces(lmm_or_unembed, tokenizer)
     top = top_token_ids(unembed, U, n_top)
-    return [filter_words(word_pieces(tokenizer, row.tolist()), n_words, **filter_kwargs) for row in top]
+    return [filter_words(pieces(row.tolist()), n_words, **filter_kwargs) for row in top]
 
 
 def random_words_like(
@@ -225,8 +236,8 @@ def random_words_like(
     like real words, truncated to n_k = lengths[k] words. Where the filter leaves fewer than n_k words
     the window doubles until it does (never an empty or short set, unless the vocabulary runs out).
 
-    lens: an LMM or a `Readout` lens (`.unembed`, `.tokenizer`, `.hidden_size`)."""
-    unembed, tokenizer = _unembed_and_tokenizer(lens, None)
+    lens: an LMM or a `Readout` lens (`.unembed`, `.tokenizer` or `.pieces`, `.hidden_size`)."""
+    unembed, pieces = _unembed_and_pieces(lens, None)
     vocab = None
     out = []
     for k, n in enumerate(lengths):
@@ -236,7 +247,7 @@ def random_words_like(
         window = max(1, tokens_per_word * int(n))
         while True:
             ids = logits.topk(min(window, vocab)).indices.tolist()
-            words = filter_words(word_pieces(tokenizer, ids), int(n), **filter_kwargs)
+            words = filter_words(pieces(ids), int(n), **filter_kwargs)
             if len(words) >= n or window >= vocab:
                 break
             window *= 2
@@ -256,7 +267,7 @@ class RandomWordPool:
 
     def __init__(self, lens: Any, size: int = 256, seed: int = 0, max_words: int = 10, tokens_per_word: int = 10,
                  **filter_kwargs: Any):
-        unembed, self.tokenizer = _unembed_and_tokenizer(lens, None)
+        unembed, self.pieces = _unembed_and_pieces(lens, None)
         self.max_words, self.tokens_per_word, self.filter_kwargs = int(max_words), tokens_per_word, filter_kwargs
         R = random_directions(size, int(lens.hidden_size), seed=seed * 100_003 + 7)
         self.logits = torch.cat([unembed(R[i:i + 64]).float() for i in range(0, size, 64)])  # (size, vocab)
@@ -274,7 +285,7 @@ class RandomWordPool:
             window = self.tokens_per_word * need
             while True:
                 ids = self.logits[j].topk(min(window, vocab)).indices.tolist()
-                words = filter_words(word_pieces(self.tokenizer, ids), need, **self.filter_kwargs)
+                words = filter_words(self.pieces(ids), need, **self.filter_kwargs)
                 if len(words) >= need or window >= vocab:
                     break
                 window *= 2

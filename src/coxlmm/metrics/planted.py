@@ -7,7 +7,7 @@ A learnt dictionary U (L, B) with codes V (M, L) is scored against (D, A) as in 
 (Chanin et al. 2026, SAELens `sae_lens.synthetic`):
 
     mcc         mean |cos(u_j, d_i)| over the optimal one-to-one matching of latents to planted
-                features (Hungarian, scipy's `linear_sum_assignment`), over min(L, T) pairs: 1 when
+                features (Hungarian, `metrics.assignment`), over min(L, T) pairs: 1 when
                 every planted direction is found
     uniqueness  #distinct i*(j) / L, with i*(j) = argmax_i |cos(u_j, d_i)|: 1 when no two latents
                 chase the same planted feature
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from coxlmm.directions import random_directions
+from coxlmm.metrics.assignment import linear_sum_assignment
 
 
 def planted_features(M: int = 2000, B: int = 64, T: int = 16, p_fire: float = 0.15,

@@ -56,9 +56,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
+from coxlmm.metrics.assignment import linear_sum_assignment
 from coxlmm.metrics.base import NOISE_TEST, NOISE_TRAIN, EvalInput, Metric, MetricResult
 from coxlmm.metrics.schema import ConceptColumn, Schema, Score, TableSpec
 

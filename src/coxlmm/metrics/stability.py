@@ -15,9 +15,9 @@ Artefact `stability_matches`: per concept, its matched concept in the refit and 
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from coxlmm.errors import CoxlmmError
+from coxlmm.metrics.assignment import linear_sum_assignment
 from coxlmm.metrics.base import EvalInput, Metric, MetricResult
 from coxlmm.metrics.reconstruction import DICTIONARY_TABLE
 from coxlmm.metrics.schema import ConceptColumn, Schema, Score

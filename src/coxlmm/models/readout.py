@@ -10,6 +10,12 @@ final norm's parameters, the unembedding matrix, the head's constants and the to
 stage of a model saves them once (`save`), and every later job loads them (`load`, a few hundred MB for
 a 7B model, read in a second) instead of the model.
 
+What grounding reads of the tokenizer is each token id's surface piece (`grounding.text.word_pieces`), a
+function of the id alone: the readout saves the table of every id's piece (`pieces.json`), so a job whose
+features are cached reads words without loading the tokenizer or importing transformers (0.7 s of a cached
+job). The tokenizer itself loads on first use (`tokenizer`: the causal checks decode captions with it). A
+readout saved before the table existed gets it written on its first load.
+
 The final norm is read off the module by probing it on random inputs (the same code then serves
 RMSNorm of Llama/Qwen/SmolLM, Gemma's RMSNorm with its (1 + w) scale, and LayerNorm of OPT/GPT-2):
 
@@ -34,11 +40,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from coxlmm.errors import CoxlmmError
-from coxlmm.io import atomic_write_dir
+from coxlmm.io import atomic_write, atomic_write_dir
 from coxlmm.layer import resolve_layer
 from coxlmm.models.base import LogitHead
 
-READOUT_FILE, META_FILE, TOKENIZER_DIR = "readout.safetensors", "readout.json", "tokenizer"
+READOUT_FILE, META_FILE, TOKENIZER_DIR, PIECES_FILE = "readout.safetensors", "readout.json", "tokenizer", "pieces.json"
 
 
 @dataclass
@@ -89,15 +95,47 @@ class Readout:
     Also what the grounding functions need of an `LMM` (`unembed`, `tokenizer`, `hidden_size`)."""
 
     def __init__(self, W_U: torch.Tensor, norm: FinalNorm, tokenizer: Any, num_layers: int, model_id: str,
-                 device: str | torch.device = "cpu", logit_head: LogitHead = LogitHead()):
+                 device: str | torch.device = "cpu", logit_head: LogitHead = LogitHead(),
+                 folder: str | Path | None = None):
+        """`tokenizer`: the tokenizer, or None to load it from `folder` (a saved readout) on first use."""
         self.device = torch.device(device)
         self.logit_head = logit_head
         self.W_U = W_U.to(self.device)  # (vocab, B), in the model's dtype
         self.norm = norm
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._pieces: list[str] | None = None
+        self.folder = Path(folder) if folder is not None else None
         self.num_layers = int(num_layers)
         self.model_id = model_id
         self.hidden_size = int(W_U.shape[1])
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (a saved readout's is loaded here, the first time: it imports transformers)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder / TOKENIZER_DIR))
+        return self._tokenizer
+
+    def pieces(self, ids: Any) -> list[str]:
+        """The surface piece of each token id (`grounding.text.word_pieces`), from the saved table."""
+        if self._pieces is None:
+            self._pieces = self._piece_table()
+        table, n = self._pieces, len(self._pieces)
+        return [table[i] if 0 <= i < n else "" for i in map(int, ids)]
+
+    def _piece_table(self) -> list[str]:
+        """Every id's piece: `pieces.json` of a saved readout, else computed (and saved for the next job)."""
+        from coxlmm.grounding.text import word_pieces
+
+        path = self.folder / PIECES_FILE if self.folder is not None else None
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+        table = word_pieces(self.tokenizer, range(self.W_U.shape[0]))
+        if path is not None:
+            atomic_write(path, json.dumps(table))
+        return table
 
     # --- the lens ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -135,21 +173,20 @@ class Readout:
         def fill(tmp: Path) -> None:
             save_file(tensors, str(tmp / READOUT_FILE))
             self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+            (tmp / PIECES_FILE).write_text(json.dumps(self.pieces(range(self.W_U.shape[0]))))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
 
         atomic_write_dir(folder, fill)  # a folder another job wrote first (same content) is kept
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Readout":
-        from transformers import AutoTokenizer
-
+        """A saved readout; its tokenizer loads on first use (`tokenizer`)."""
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
         t = load_file(str(folder / READOUT_FILE))
         norm = FinalNorm(meta["kind"], t["norm_scale"], t.get("norm_bias"), float(meta["eps"]))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
-        return cls(t["W_U"], norm, tokenizer, meta["num_layers"], meta["model_id"], device,
-                   LogitHead(**meta.get("logit_head", {})))
+        return cls(t["W_U"], norm, None, meta["num_layers"], meta["model_id"], device,
+                   LogitHead(**meta.get("logit_head", {})), folder=folder)
 
     @staticmethod
     def exists(folder: str | Path) -> bool:
@@ -161,8 +198,14 @@ class LayerLens:
 
     def __init__(self, readout: Readout, layer: int):
         self.readout, self.layer = readout, layer
-        self.tokenizer = readout.tokenizer
         self.hidden_size = readout.hidden_size
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.readout.tokenizer
+
+    def pieces(self, ids: Any) -> list[str]:
+        return self.readout.pieces(ids)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         return self.readout.unembed(h, self.layer)

@@ -16,16 +16,20 @@ W&B specifics (filled in when the config leaves them empty):
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from coxlmm.errors import CoxlmmError
+from coxlmm.layer import Layer
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
@@ -138,9 +142,14 @@ def concept_table(
     dataset: Any = None,
     row_to_index: Sequence[int] | Mapping[int, int] | None = None,
     image: Callable[[Any], Any] = lambda im: im,
+    thumbs: Path | None = None,
 ) -> tuple[list[str], list[list[Any]]]:
     """(columns, rows) of the concepts table: id, words, top sample ids, then one column per
-    X_k,MAS image (`image(PIL)` wraps each, e.g. `wandb.Image`; None where a concept has fewer)."""
+    X_k,MAS image (None where a concept has fewer). A sample's image is the concept browser's thumbnail
+    (`thumbs/train_<index>.jpg` in the run dir `thumbs`, passed to `image` as a path) when there is one,
+    else drawn from `dataset` (`image(PIL)`); `image` wraps each, e.g. `wandb.Image`."""
+    from coxlmm.report.browser.export import thumb_name
+
     cs = concept_set
     n_mas = max([len(r) for r in cs.top_indices] + [0]) if dataset is not None and row_to_index is not None else 0
     columns = ["concept", "words", "top_samples"] + [f"mas_{j + 1}" for j in range(n_mas)]
@@ -150,8 +159,11 @@ def concept_table(
         for j in range(n_mas):
             cell = None
             if j < len(cs.top_indices[k]):
-                pil = dataset[int(row_to_index[cs.top_indices[k][j]])].image
-                if pil is not None:
+                index = int(row_to_index[cs.top_indices[k][j]])
+                thumb = Path(thumbs) / thumb_name("train", index) if thumbs is not None else None
+                if thumb is not None and thumb.is_file():
+                    cell = image(str(thumb))
+                elif (pil := dataset[index].image) is not None:
                     pil = pil.convert("RGB")
                     pil.thumbnail((TABLE_THUMB_PX, TABLE_THUMB_PX))
                     cell = image(pil)
@@ -160,46 +172,61 @@ def concept_table(
     return columns, rows
 
 
-class JobLog:
-    """One job's loggers, from its start to its end (see the module doc). Only global rank 0 logs.
+@dataclass
+class LayerRecord:
+    """What the loggers log of one layer: plain values and the paths of the layer's files, which the pipeline
+    wrote before logging (a `LayerResult` holds the dataset and tensors; this travels to the loggers' process)."""
 
-    Off the job's critical path: the loggers are built (W&B's run started) and every call runs on one
-    background thread, in the order made, while the job goes on; `finish` waits for all of it, then closes
-    the runs as `success` or `failed`. A bad `logger` config still fails at once, here. `background=False`
-    runs every call in the caller's thread."""
+    layer: Layer
+    multi: bool  # one of several layers of the run: metrics on the `layer` axis, keys prefixed
+    metrics: dict[str, float]
+    concepts: tuple[list[str], list[list[Any]]]  # `concept_table`: images are thumbnail paths or PIL images
+    tables: dict[str, list[dict[str, Any]]]  # the layer's table artefacts (recovery, grounding points, ...)
+    figures: dict[str, str]  # name -> PNG path
+    report_html: str | None  # the concept browser's page, thumbnails inlined (`inline_report_html`), if written
+    out_dir: str
+    method: str
+    token: str
 
-    def __init__(self, cfg_logger: Mapping[str, Any] | DictConfig | None, resolved_cfg: Mapping[str, Any],
-                 background: bool = True):
-        from concurrent.futures import ThreadPoolExecutor
+    @property
+    def prefix(self) -> str:
+        return self.layer.prefix if self.multi else ""
 
-        from coxlmm.process import global_rank
+    @classmethod
+    def of(cls, res: Any, multi: bool) -> "LayerRecord":
+        """From the pipeline's `LayerResult`."""
+        concepts = concept_table(res.concepts, res.dataset, [r["index"] for r in res.train_records],
+                                 thumbs=Path(res.out_dir))
+        tables = {name: art for name, art in res.artifacts.items()
+                  if isinstance(art, list) and art and isinstance(art[0], dict)}
+        page = None
+        if (Path(res.out_dir) / "report.html").is_file():  # inlined here (30 ms): the browser imports torch
+            from coxlmm.report.browser import inline_report_html
 
-        nodes = resolve_logger_cfg(cfg_logger) if global_rank() == 0 else {}
+            page = inline_report_html(Path(res.out_dir))
+        return cls(res.layer, multi, {k: float(v) for k, v in res.metrics.items()},
+                   concepts, tables, {k: str(v) for k, v in res.figures.items()}, page, str(res.out_dir),
+                   str(res.concepts.method), str(res.concepts.token))
+
+
+class Loggers:
+    """The loggers of one job and what it logs to them: runs in the loggers' process (`JobLog`), or in the
+    caller's. Every call on a logger is wrapped (`_safely`): a failing logger warns and is skipped."""
+
+    def __init__(self) -> None:
         self.loggers: list["Logger"] = []
         self._layer_axis = False
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="coxlmm-loggers") if background and nodes else None
-        self._pending: list[Any] = []
-        self._call(self._open, nodes, dict(resolved_cfg))
 
-    def _open(self, nodes: Mapping[str, Any], resolved_cfg: dict[str, Any]) -> None:
+    def open(self, nodes: Mapping[str, Any], resolved_cfg: dict[str, Any]) -> None:
         loggers = build_loggers(nodes)
         for logger in list(loggers):
             if not _safely(logger, "the config", lambda: logger.log_hyperparams(resolved_cfg)):
                 loggers.remove(logger)
         self.loggers = loggers
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run `fn(*args)` on the loggers' thread (in order), or here without one."""
-        if self._pool is None:
-            fn(*args)
-        else:
-            self._pending.append(self._pool.submit(fn, *args))
-
-    def flush(self) -> None:
-        """Wait until every call made so far has run (an error in one is raised here)."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        if any(_is_wandb_logger(lg) for lg in loggers) and importlib.util.find_spec("pandas") is not None:
+            # W&B's Table imports pandas (0.3 s) to check its data's type: imported now, while the job computes,
+            # not once the layer's tables arrive at the end of the job
+            importlib.import_module("pandas")
 
     def _each(self, what: str, fn: Callable[["Logger"], Any], wandb_only: bool = False) -> None:
         for logger in self.loggers:
@@ -207,91 +234,63 @@ class JobLog:
                 continue
             _safely(logger, what, lambda: fn(logger))
 
-    def log_stages(self, stages: Mapping[str, Mapping[str, Any]], seconds: float, model_loaded: bool) -> None:
-        """The model stages: per feature-store entry its counts, time and throughput."""
-        flat = {"stages/model_seconds": seconds, "stages/model_loaded": float(model_loaded)}
-        for name, info in stages.items():
-            for k, v in info.items():
-                if isinstance(v, (int, float)):
-                    flat[f"stages/{name}/{k}"] = v
-            if info.get("seconds") and info.get("extracted"):
-                flat[f"stages/{name}/samples_per_s"] = info["extracted"] / info["seconds"]
-        self._call(self._each, "the model stages", lambda lg: lg.log_metrics(flat))
+    def stages(self, flat: dict[str, float]) -> None:
+        self._each("the model stages", lambda lg: lg.log_metrics(flat))
 
-    def log_layer(self, res: Any, multi: bool) -> None:
-        """A layer's metrics (on the `layer` axis when the run has several), tables, figures, dictionary."""
-        self._call(self._log_layer, res, multi)
-
-    def _log_layer(self, res: Any, multi: bool) -> None:
+    def layer(self, rec: LayerRecord) -> None:
         if not self.loggers:
             return
         import wandb
 
-        prefix = res.layer.prefix if multi else ""
-        if multi:
+        if rec.multi:
             def wandb_axis(lg) -> None:
                 run = lg.experiment
                 if not self._layer_axis:
                     run.define_metric("layer")
                     run.define_metric("by_layer/*", step_metric="layer")
-                run.log({"layer": res.layer.index, **{f"by_layer/{k}": v for k, v in res.metrics.items()}})
+                run.log({"layer": rec.layer.index, **{f"by_layer/{k}": v for k, v in rec.metrics.items()}})
 
             self._each("the layer's metrics", wandb_axis, wandb_only=True)
             self._layer_axis = True
             for lg in self.loggers:
                 if not _is_wandb_logger(lg):
-                    _safely(lg, "the layer's metrics", lambda: lg.log_metrics(dict(res.metrics), step=res.layer.index))
+                    _safely(lg, "the layer's metrics", lambda: lg.log_metrics(dict(rec.metrics), step=rec.layer.index))
         else:
-            self._each("metrics", lambda lg: lg.log_metrics(dict(res.metrics)))
+            self._each("metrics", lambda lg: lg.log_metrics(dict(rec.metrics)))
 
         def media(lg) -> None:
             run_dir = Path(lg.experiment.dir).parent
             with _artifact_staging_in(run_dir):
-                columns, data = concept_table(res.concepts, res.dataset, [r["index"] for r in res.train_records],
-                                              image=wandb.Image)
-                lg.log_table(key=f"{prefix}concepts", columns=columns, data=data)
-                for name, art in res.artifacts.items():
-                    if isinstance(art, list) and art and isinstance(art[0], dict):
-                        cols = list(dict.fromkeys(k for row in art for k in row))
-                        lg.log_table(key=f"{prefix}{name}", columns=cols,
-                                     data=[[_cell(row.get(c)) for c in cols] for row in art])
-                for name, path in res.figures.items():
-                    lg.log_image(key=f"{prefix}{name}", images=[str(path)])
-                if (res.out_dir / "report.html").is_file():  # the concept browser, assets inlined
-                    from coxlmm.report.browser import inline_report_html
-
-                    lg.experiment.log({f"{prefix}report": wandb.Html(inline_report_html(res.out_dir), inject=False,
-                                                                       data_is_not_path=True)})
-                artifact = wandb.Artifact(f"dictionary-{lg.experiment.id}-{res.layer.name}", type="dictionary",
-                                          metadata={"method": res.concepts.method, "layer": res.layer.name,
-                                                    "token": res.concepts.token})
-                artifact.add_file(str(res.out_dir / "dictionary.safetensors"))
+                columns, rows = rec.concepts
+                lg.log_table(key=f"{rec.prefix}concepts", columns=columns,
+                             data=[[wandb.Image(c) if j > 2 and c is not None else c for j, c in enumerate(row)]
+                                   for row in rows])
+                for name, art in rec.tables.items():
+                    cols = list(dict.fromkeys(k for row in art for k in row))
+                    lg.log_table(key=f"{rec.prefix}{name}", columns=cols,
+                                 data=[[_cell(row.get(c)) for c in cols] for row in art])
+                for name, path in rec.figures.items():
+                    lg.log_image(key=f"{rec.prefix}{name}", images=[path])
+                if rec.report_html is not None:  # the concept browser, assets inlined
+                    lg.experiment.log({f"{rec.prefix}report": wandb.Html(rec.report_html, inject=False,
+                                                                           data_is_not_path=True)})
+                artifact = wandb.Artifact(f"dictionary-{lg.experiment.id}-{rec.layer.name}", type="dictionary",
+                                          metadata={"method": rec.method, "layer": rec.layer.name, "token": rec.token})
+                artifact.add_file(str(Path(rec.out_dir) / "dictionary.safetensors"))
                 lg.experiment.log_artifact(artifact)
 
         self._each("the layer's tables, figures and dictionary", media, wandb_only=True)
 
-    def log_summary(self, metrics: Mapping[str, float]) -> None:
-        """The job's whole metrics.json, once, in the run summary (W&B) and the CSV."""
+    def summary(self, metrics: dict[str, float]) -> None:
         def summarise(lg) -> None:
             if _is_wandb_logger(lg):
                 lg.experiment.summary.update(dict(metrics))
             else:
                 lg.log_metrics({k: v for k, v in metrics.items() if "/" not in k})
 
-        self._call(self._each, "the summary", summarise)
+        self._each("the summary", summarise)
 
-    def finish(self, status: str = "success", error: str | None = None) -> None:
-        """Wait for the calls made so far, then close every logger; W&B runs end with exit code 0 (success) or 1,
-        `coxlmm/status` and the error."""
-        self._call(self._finish, status, error)
-        try:
-            self.flush()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
-
-    def _finish(self, status: str, error: str | None) -> None:
+    def finish(self, status: str, error: str | None) -> None:
         for logger in self.loggers:
             if _is_wandb_logger(logger):
                 def mark(lg=logger) -> None:
@@ -302,6 +301,134 @@ class JobLog:
                 _safely(logger, "the status", mark)
         finish(self.loggers, status)
         self.loggers = []
+
+
+def _serve(requests: Any, replies: Any) -> None:
+    """The loggers' process: run `Loggers` calls from `requests` in order until `finish`, answering `flush`.
+    Ctrl-C reaches the whole process group: this process ignores it, so the job can close its runs as failed."""
+    import multiprocessing
+    import queue
+    import signal
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loggers = Loggers()
+    while True:
+        try:
+            name, args = requests.get(timeout=5.0)
+        except queue.Empty:
+            if not multiprocessing.parent_process().is_alive():  # the job was killed: close its runs as such
+                loggers.finish("failed", "the job's process ended before it closed its loggers")
+                return
+            continue
+        if name == "flush":
+            replies.put(args)
+            continue
+        try:
+            getattr(loggers, name)(*args)
+        except Exception:  # noqa: BLE001 - a bug here must not stop the job: it is printed, the job goes on
+            traceback.print_exc()
+        if name == "finish":
+            return
+
+
+class JobLog:
+    """One job's loggers, from its start to its end (see the module doc). Only global rank 0 logs.
+
+    Off the job's critical path: the loggers live in a process of their own (`_serve`, started with `spawn`),
+    which builds them (W&B's run started) and runs every call in the order made while the job goes on;
+    `finish` waits for all of it, then closes the runs as `success` or `failed`. In a process, not a thread:
+    importing and running W&B takes seconds of Python, which a thread would take from the job under the GIL
+    (1.5 s of a cached job, bench/cached_job.py). The calls carry plain values and file paths (`LayerRecord`).
+    A bad `logger` config still fails at once, here. `background=False`, or a process that cannot start, runs
+    every call in the caller's thread (`loggers` then holds the loggers)."""
+
+    def __init__(self, cfg_logger: Mapping[str, Any] | DictConfig | None, resolved_cfg: Mapping[str, Any],
+                 background: bool = True):
+        from coxlmm.process import global_rank
+
+        nodes = resolve_logger_cfg(cfg_logger) if global_rank() == 0 else {}
+        self._here = Loggers()
+        self._process = None
+        if background and nodes:
+            self._process = self._start()
+        self._call("open", nodes, dict(resolved_cfg))
+
+    @property
+    def loggers(self) -> list["Logger"]:
+        """The loggers built in this process ([] while they live in the loggers' process)."""
+        return self._here.loggers
+
+    def _start(self):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the job's torch state
+        self._requests, self._replies = ctx.Queue(), ctx.Queue()
+        try:
+            process = ctx.Process(target=_serve, args=(self._requests, self._replies), name="coxlmm-loggers")
+            process.start()
+        except Exception as e:  # noqa: BLE001 - e.g. a daemonic launcher's worker: log from this process instead
+            warnings.warn(f"the loggers' process could not start ({type(e).__name__}: {e}); the job logs from its own "
+                          "process.", RuntimeWarning, stacklevel=3)
+            return None
+        return process
+
+    def _call(self, name: str, *args: Any) -> None:
+        """`Loggers.<name>(*args)` in the loggers' process (queued, in order), or here without one."""
+        if self._process is None:
+            getattr(self._here, name)(*args)
+        else:
+            self._requests.put((name, args))
+
+    def flush(self) -> None:
+        """Wait until every call made so far has run."""
+        import queue
+
+        if self._process is None:
+            return
+        token = object().__repr__()
+        self._requests.put(("flush", token))
+        while True:
+            try:
+                if self._replies.get(timeout=5.0) == token:
+                    return
+            except queue.Empty:
+                if not self._process.is_alive():
+                    warnings.warn(f"the loggers' process ended early (exit code {self._process.exitcode})",
+                                  RuntimeWarning, stacklevel=2)
+                    return
+
+    def log_stages(self, stages: Mapping[str, Mapping[str, Any]], seconds: float, model_loaded: bool) -> None:
+        """The model stages: per feature-store entry its counts, time and throughput."""
+        flat = {"stages/model_seconds": seconds, "stages/model_loaded": float(model_loaded)}
+        for name, info in stages.items():
+            for k, v in info.items():
+                if isinstance(v, (int, float)):
+                    flat[f"stages/{name}/{k}"] = v
+            if info.get("seconds") and info.get("extracted"):
+                flat[f"stages/{name}/samples_per_s"] = info["extracted"] / info["seconds"]
+        self._call("stages", flat)
+
+    def log_layer(self, res: Any, multi: bool) -> None:
+        """A layer's metrics (on the `layer` axis when the run has several), tables, figures, dictionary."""
+        if self._process is not None or self.loggers:
+            self._call("layer", LayerRecord.of(res, multi))
+
+    def log_summary(self, metrics: Mapping[str, float]) -> None:
+        """The job's whole metrics.json, once, in the run summary (W&B) and the CSV."""
+        self._call("summary", dict(metrics))
+
+    def finish(self, status: str = "success", error: str | None = None) -> None:
+        """Wait for the calls made so far, then close every logger; W&B runs end with exit code 0 (success) or 1,
+        `coxlmm/status` and the error."""
+        self._call("finish", status, error)
+        if self._process is not None:
+            self._process.join()
+            if self._process.exitcode:
+                warnings.warn(f"the loggers' process ended with exit code {self._process.exitcode}", RuntimeWarning,
+                              stacklevel=2)
+            self._requests.close()
+            self._process = None
 
 
 def _cell(x: Any) -> Any:

@@ -24,7 +24,7 @@ import torch
 
 from coxlmm.grounding.local import rank_concepts
 from coxlmm.metrics.schema import ConceptColumn
-from coxlmm.grounding.text import KEPT, filter_reasons, top_token_ids, word_pieces
+from coxlmm.grounding.text import KEPT, filter_reasons, pieces_of, top_token_ids
 
 SCHEMA = "coxlmm.browser/2"
 THUMB_DIR = "thumbs"
@@ -52,7 +52,7 @@ def logit_lens(lens: Any, U: torch.Tensor, words: Sequence[Sequence[str]], *, n_
                keep_words: Iterable[str] = frozenset()) -> list[dict[str, list]]:
     """The top `n_top` tokens of W_U · norm(u_k) for each concept, with the word filter's verdict.
 
-    lens: anything with `.unembed(U (K, B)) -> (K, vocab)` and `.tokenizer`.
+    lens: anything with `.unembed(U (K, B)) -> (K, vocab)` and `.tokenizer` or `.pieces` (`grounding.text.pieces_of`).
     words: T_k as the run computed them (`ConceptSet.words`); they decide what is shown as kept: a
     token the filter keeps whose word is not in T_k (other filter settings) reads "not in T_k".
     keep_words: the dataset's factor words, which the filter never drops (`filter_words(keep=...)`).
@@ -60,9 +60,10 @@ def logit_lens(lens: Any, U: torch.Tensor, words: Sequence[Sequence[str]], *, n_
     """
     logits = lens.unembed(U).float().cpu()  # (K, vocab), computed once
     top = top_token_ids(lambda _: logits, U, n_top)  # (K, n_top)
+    pieces_of_ids = pieces_of(lens)
     out = []
     for k, row in enumerate(top.tolist()):
-        pieces = word_pieces(lens.tokenizer, row)
+        pieces = pieces_of_ids(row)
         reasons = filter_reasons(pieces, n_words, keep=keep_words)
         T_k = {w.casefold() for w in words[k]}
         verdict = [r if r != KEPT or p.strip().lstrip("Ġ▁").casefold() in T_k else "not in T_k"

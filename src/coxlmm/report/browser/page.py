@@ -90,7 +90,7 @@ def write_run_report(
 
     concepts: `ConceptSet`; V_train (M, K) / V_test (M', K) or None: activations, row i <-> train[i] /
     test[i], each {"id", "index" (dataset index), "caption" (generated), "captions" (references)}.
-    lens: `.unembed(U (K, B)) -> (K, vocab)` and `.tokenizer` (the logit lens). n_top / n_words /
+    lens: `.unembed(U (K, B)) -> (K, vocab)` and `.tokenizer` or `.pieces` (the logit lens). n_top / n_words /
     keep_words: the word-filter settings (keep_words: extra accepted words). metrics: flat numbers;
     schema / concept_scores: the run's score descriptions and per-concept columns (metrics/schema.py).
     image(split, dataset index) -> PIL image or None (then the page shows "no image").

@@ -16,7 +16,6 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
-import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
@@ -43,6 +42,8 @@ def num(x: Any) -> str:
 def html_table(rows: Sequence[Sequence[Any]], columns: Sequence[str], **to_html: Any) -> Markup:
     """`rows` (cells that are HTML already: escape the text ones) under `columns` (escaped here), as
     `DataFrame.to_html`, no index; `to_html`: its options (classes, table_id, ...)."""
+    import pandas as pd  # here: a run's page never needs it, and it takes 0.15 s to import
+
     frame = pd.DataFrame([list(r) for r in rows], columns=[str(escape(c)) for c in columns])
     return Markup(frame.to_html(index=False, escape=False, border=0, **to_html))
 
@@ -79,6 +80,8 @@ def markdown_html(md: str) -> Markup:
                 i += 1
             rows = [_cells(b) for b in block if not re.fullmatch(r"[\s|:\-]+", b)]
             if rows:
+                import pandas as pd
+
                 head = [_inline(c) for c in rows[0]]
                 body = [[_inline(c) for c in r] + [""] * (len(head) - len(r)) for r in rows[1:]]
                 frame = pd.DataFrame([r[:len(head)] for r in body], columns=[str(h) for h in head])
