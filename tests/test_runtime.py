@@ -409,6 +409,42 @@ def test_a_cached_job_loads_no_model_weights_and_refits_no_dictionary(cli_setup,
     assert metrics_of(tmp / "again") == metrics_of(first)
 
 
+NOT_IN_A_CACHED_JOB = ("scipy.optimize", "matplotlib", "pandas", "wandb", "lightning")
+
+# Loaded first by a job's interpreter (sitecustomize): loading a tokenizer fails.
+REFUSE_TOKENIZERS = """
+import transformers
+def _refuse(*args, **kwargs):
+    raise RuntimeError("this job loaded a tokenizer")
+transformers.AutoTokenizer.from_pretrained = _refuse
+"""
+
+
+def test_a_cached_job_imports_only_what_its_stages_need(cli_setup, paper_run):
+    """A cached job with the default metrics, figures and page loads no tokenizer (the readout's table of every
+    id's piece and the records' decoded prefixes stand for it) and imports none of scipy.optimize (the small
+    assignment solver), matplotlib, pandas, W&B or Lightning (the loggers run in their own process; logger=none
+    here, so that one process writes the import log, -X importtime). A Hugging Face model's job still imports
+    transformers to describe the model (its config); the embedded DePALM-mini's does not (bench/cached_job.py)."""
+    import re
+
+    tmp, args = cli_setup
+    site = tmp / "refuse_tokenizers"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(REFUSE_TOKENIZERS)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in (str(site), ENV.get("PYTHONPATH")) if p)}
+    run = tmp / "imports"
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "coxlmm", *args, "seed=7", "figures=true",
+                          "report=true", f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no model weights loaded" in out.stderr + out.stdout
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", out.stderr, re.M))
+    assert "torch" in imported and "sitecustomize" in imported  # the log was read, the refusal was in place
+    assert (run / "report.html").is_file() and (run / "concept_grid.png").is_file()  # a whole job ran
+    assert not {m for m in imported if any(m == p or m.startswith(p + ".") for p in NOT_IN_A_CACHED_JOB)}
+
+
 def test_a_saved_dictionary_is_reused_on_its_layer_and_refused_on_another_before_any_model_runs(cli_setup):
     tmp, args = cli_setup
     first = tmp / "fit"

@@ -27,21 +27,22 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_PACKAGE, config_name="config")
 def _app(cfg: DictConfig) -> float | None:
-    from coxlmm.config import device_of
-    from coxlmm.pipeline import run
     from coxlmm.report.log import JobLog
-    from coxlmm.threads import loader_workers, size_job
 
-    if not gc.get_freeze_count():  # the first job of this process: see `main`
-        gc.freeze()
     quiet_lightning()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except Exception as e:  # an interpolation that cannot resolve: the user's config, said plainly
         print(f"\ncoxlmm: error: the config does not resolve ({type(e).__name__}: {e})", file=sys.stderr)
         sys.exit(2)
-    job = JobLog(cfg.logger, resolved)
+    job = JobLog(cfg.logger, resolved)  # its process starts W&B while this one imports torch and the stages
     try:
+        from coxlmm.config import device_of
+        from coxlmm.pipeline import run
+        from coxlmm.threads import loader_workers, size_job
+
+        if not gc.get_freeze_count():  # the first job of this process: see `main`
+            gc.freeze()
         budget = size_job(cfg.threads)
         on_accelerator = device_of(cfg.trainer.get("accelerator", "cpu")) != "cpu"
         cfg.extraction.num_workers = loader_workers(cfg.extraction.num_workers, budget, on_accelerator)

@@ -373,7 +373,7 @@ def analyse_layer(cfg: DictConfig, layer: Layer, spec, train: Features, test: Fe
     if cfg.figures:
         figures |= _figures(cfg, concepts, dictionary, inp, out_dir)
     if cfg.report:
-        _report(out_dir, inp, keep, result, up=multi)
+        _report(out_dir, inp, keep, result, up=multi, cache_dir=cfg.paths.cache_dir)
     return LayerResult(layer, out_dir, concepts, dictionary, result.scores,
                        result.artifacts, figures, result.schema, train.records, train.dataset, note)
 
@@ -427,9 +427,11 @@ def fill_requests(cfg: DictConfig, spec, stores: Stores | None, test: Features |
     return out
 
 
-def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult, up: bool = False) -> None:
-    """The concept browser's report.json + report.html (report/browser); a failure only warns."""
-    from coxlmm.report.browser import write_run_report
+def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult, up: bool = False,
+            cache_dir: str | Path | None = None) -> None:
+    """The concept browser's report.json + report.html (report/browser), its thumbnails drawn once into
+    `<cache_dir>/thumbs`; a failure only warns."""
+    from coxlmm.report.browser.page import thumb_cache_dirs, write_run_report
 
     def rows(split: Split | None) -> list[dict]:
         return [] if split is None else [{**r, "captions": c} for r, c in zip(split.records, split.references)]
@@ -438,12 +440,15 @@ def _report(out_dir: Path, inp: EvalInput, keep: set[str], result: MetricResult,
         return (inp.train if split == "train" else inp.test).dataset[index].image
 
     t0 = time.perf_counter()
+    splits = {"train": inp.train, "test": inp.test}
+    thumbs = thumb_cache_dirs(Path(cache_dir) / "thumbs" if cache_dir is not None else None,
+                              {name: part.dataset.fingerprint() for name, part in splits.items() if part is not None})
     try:
         write_run_report(out_dir, concepts=inp.concepts, V_train=inp.train.V,
                          V_test=inp.test.V if inp.test is not None else None, train=rows(inp.train),
                          test=rows(inp.test), lens=inp.services.lens, n_top=inp.n_top, n_words=inp.n_words,
                          keep_words=keep, metrics=result.scores, schema=result.schema, concept_scores=result.concepts,
-                         image=image, up=up)
+                         image=image, up=up, thumb_cache=thumbs)
     except Exception as e:  # noqa: BLE001 - the report is a view: it must never lose the run's results
         log.warning("the concept browser's report could not be written (%s: %s); the run's files are unaffected",
                     type(e).__name__, e)

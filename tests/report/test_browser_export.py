@@ -141,6 +141,29 @@ def test_run_report_files_and_thumbnails(toy):
     assert all((out / s["image"]).is_file() for s in imgs + ex["local"] if s["image"])
 
 
+def test_thumbnails_are_drawn_once_into_the_cache_and_linked_by_later_runs(tmp_path):
+    from coxlmm.report.browser.page import thumb_cache_dirs
+
+    kw = toy_run()
+    drawn: list[tuple[str, int]] = []
+
+    def image(split: str, index: int):
+        drawn.append((split, index))
+        return kw["image"](split, index)
+
+    cache = thumb_cache_dirs(tmp_path / "cache", {"train": {"name": "toy", "n": 40}, "test": {"name": "toy", "n": 12}})
+    first = write_run_report(tmp_path / "a", **{**kw, "image": image}, thumb_cache=cache).parent
+    n_first = len(drawn)
+    second = write_run_report(tmp_path / "b", **{**kw, "image": image}, thumb_cache=cache).parent
+    assert n_first and drawn[n_first:] == [("train", 103)]  # the second run draws only the image that failed
+    thumbs = sorted(p.relative_to(first) for p in (first / "thumbs").glob("*.jpg"))
+    assert thumbs == sorted(p.relative_to(second) for p in (second / "thumbs").glob("*.jpg"))
+    assert all((first / t).read_bytes() == (second / t).read_bytes() for t in thumbs)
+    assert (second / "report.json").read_text() == (first / "report.json").read_text()
+    other = thumb_cache_dirs(tmp_path / "cache", {"train": {"name": "toy", "n": 41}})  # another dataset: its own
+    assert other["train"] != cache["train"] and cache["train"] != cache["test"]
+
+
 def test_inline_html_carries_its_thumbnails(toy):
     page, ex, _ = toy
     html = inline_report_html(page.parent)

@@ -271,12 +271,16 @@ def named_values(prefix: str) -> dict[str, str]:
     """factor -> the value word of that factor the text names last (nearest the end), for every factor
     the text names at all ("a large red circle and a small blue" -> colour: blue, size: small)."""
     out: dict[str, tuple[int, str]] = {}
-    for f, values in FACTOR_VALUES.items():
-        for v in values:
-            for m in re.finditer(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", prefix, re.IGNORECASE):
-                if f not in out or m.start() > out[f][0]:
-                    out[f] = (m.start(), v)
+    for f, v, pattern in _VALUE_PATTERNS:
+        for m in pattern.finditer(prefix):
+            if f not in out or m.start() > out[f][0]:
+                out[f] = (m.start(), v)
     return {f: v for f, (_, v) in out.items()}
+
+
+# (factor, value, its whole-word pattern), compiled once: every job re-annotates each selected sample
+_VALUE_PATTERNS = tuple((f, v, re.compile(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", re.IGNORECASE))
+                        for f, values in FACTOR_VALUES.items() for v in values)
 
 
 def annotate_caption(attrs: dict[str, Any], caption: str, prefix: str, token: str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from markupsafe import Markup, escape
 
-from coxlmm.io import atomic_write
+from coxlmm.io import atomic_write, content_key
 from coxlmm.layer import Layer
 from coxlmm.report.browser.export import (
     THUMB_DIR,
@@ -61,7 +62,25 @@ def _write_thumbnail(im: Any, path: Path, px: int) -> None:
     im = im.convert("RGB")
     im.thumbnail((px, px))
     path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, "JPEG", quality=JPEG_QUALITY)
+    atomic_write(path, lambda tmp: im.save(tmp, "JPEG", quality=JPEG_QUALITY))
+
+
+def _link(src: Path, dst: Path) -> None:
+    """`dst` as a hard link to `src` (a copy across file systems)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def thumb_cache_dirs(root: Path | None, datasets: Mapping[str, Any], px: int = THUMB_PX) -> dict[str, Path]:
+    """{split: the folder of its thumbnails in the cache `root`}, keyed by the split's dataset fingerprint (the
+    key of its features too), the size and the JPEG quality; {} without a root."""
+    if root is None:
+        return {}
+    return {split: Path(root) / content_key({"images": fingerprint, "px": px, "quality": JPEG_QUALITY})
+            for split, fingerprint in datasets.items()}
 
 
 def write_run_report(
@@ -85,6 +104,7 @@ def write_run_report(
     n_local: int = 24,
     thumb_px: int = THUMB_PX,
     up: bool = False,
+    thumb_cache: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write report.json, thumbs/ and report.html of one run (layer) into `out_dir`; returns the page.
 
@@ -96,6 +116,8 @@ def write_run_report(
     image(split, dataset index) -> PIL image or None (then the page shows "no image").
     up: the page is one layer's of a multi-layer run (`layer_<name>/`): it links the run's page
     (`write_layers_page`, which the pipeline rewrites after each layer).
+    thumb_cache: {split: folder} (`thumb_cache_dirs`): a thumbnail is drawn once into its split's folder and
+    linked from there into `thumbs/` by every later run (the jobs of a sweep show the same samples).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -109,10 +131,15 @@ def write_run_report(
                           n_bins=n_bins, per_bin=per_bin, n_local=n_local)
     shutil.rmtree(out_dir / THUMB_DIR, ignore_errors=True)  # ours: thumbnails of an earlier run here
     def thumbnail(key: tuple[str, int]) -> tuple[str, int] | None:
-        im = image(*key)
-        if im is None:
-            return None
-        _write_thumbnail(im, out_dir / thumb_name(*key), thumb_px)
+        path = out_dir / thumb_name(*key)
+        cached = Path(thumb_cache[key[0]]) / thumb_name(*key) if key[0] in (thumb_cache or {}) else None
+        if cached is None or not cached.is_file():
+            im = image(*key)
+            if im is None:
+                return None
+            _write_thumbnail(im, cached or path, thumb_px)
+        if cached is not None:
+            _link(cached, path)
         return key
 
     # PIL draws, resizes and encodes with the GIL released: the job's threads share the thumbnails
