@@ -265,6 +265,43 @@ def test_the_loggers_start_off_the_jobs_critical_path_and_finish_waits_for_them(
     assert "overlap" in (run_dir / "csv/metrics.csv").read_text()
 
 
+class DyingLogger:
+    """A logger whose process dies as it is built (a crash W&B cannot report)."""
+
+    def __new__(cls, **kwargs):
+        import os
+
+        os._exit(3)
+
+
+def test_a_loggers_process_that_dies_never_holds_the_job(tmp_path, offline_wandb):
+    cfg = {"dying": {"_target_": f"{__name__}.DyingLogger"}}
+    job = JobLog(cfg, {"token": "dog"})
+    job.log_layer(layer_result(tmp_path, 1), multi=False)  # a call the dead process never reads
+    job.flush()
+    with pytest.warns(RuntimeWarning, match="exit code 3"):
+        job.finish("success")
+
+
+def log_in_a_worker(run_dir: str) -> str:
+    job = JobLog(loggers_cfg(Path(run_dir)), {"token": "dog"})
+    job.log_summary({"overlap": 0.5})
+    job.finish("success")
+    return run_dir
+
+
+def test_a_job_in_a_joblib_worker_logs_in_full(tmp_path, offline_wandb):
+    """joblib's loky workers hold a start method (`loky`) that `multiprocessing.spawn` cannot give a fresh
+    interpreter: the loggers' process must start anyway (Hydra's joblib launcher runs jobs there)."""
+    from joblib import Parallel, delayed
+
+    runs = Parallel(n_jobs=2)(delayed(log_in_a_worker)(str(tmp_path / f"run{i}")) for i in range(2))
+    for run_dir in runs:
+        run = offline_run(Path(run_dir))
+        assert run["exit_code"] == 0 and run["summary"]["overlap"] == 0.5
+        assert "overlap" in (Path(run_dir) / "csv/metrics.csv").read_text()
+
+
 NO_LIGHTNING = """
 import sys, warnings
 from tests.report.test_report_log import layer_result, loggers_cfg

@@ -303,26 +303,27 @@ class Loggers:
         self.loggers = []
 
 
-def _serve(requests: Any, replies: Any) -> None:
-    """The loggers' process: run `Loggers` calls from `requests` in order until `finish`, answering `flush`.
-    Ctrl-C reaches the whole process group: this process ignores it, so the job can close its runs as failed."""
-    import multiprocessing
-    import queue
+def serve(requests: Any, replies: Any) -> None:
+    """The loggers' process (`python -m coxlmm.report.log <requests fd> <replies fd>`): run the `Loggers` calls
+    read from the `requests` connection in order until `finish`, answering `flush` on `replies`. The first
+    message is the job's `sys.path` (a logger's `_target_` imports as in the job). The job's end of the pipe
+    closing (the job was killed) ends the runs as failed. Ctrl-C reaches the whole process group: this process
+    ignores it, so that the job can close its runs as failed."""
     import signal
+    import sys
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loggers = Loggers()
+    sys.path[:] = requests.recv()
     while True:
         try:
-            name, args = requests.get(timeout=5.0)
-        except queue.Empty:
-            if not multiprocessing.parent_process().is_alive():  # the job was killed: close its runs as such
-                loggers.finish("failed", "the job's process ended before it closed its loggers")
-                return
-            continue
+            name, args = requests.recv()
+        except EOFError:
+            loggers.finish("failed", "the job's process ended before it closed its loggers")
+            return
         if name == "flush":
-            replies.put(args)
+            replies.send(args)
             continue
         try:
             getattr(loggers, name)(*args)
@@ -332,16 +333,72 @@ def _serve(requests: Any, replies: Any) -> None:
             return
 
 
+class _Process:
+    """The loggers' process seen from the job: `send` queues a call (a thread writes it to the pipe, so a large
+    one never blocks the job while the process is still starting W&B), `wait` ends it."""
+
+    def __init__(self) -> None:
+        import queue
+        import subprocess
+        import sys
+        import threading
+        from multiprocessing.connection import Connection
+
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "coxlmm.report.log", str(req_r), str(rep_w)],
+                                         pass_fds=(req_r, rep_w))
+        finally:
+            os.close(req_r)
+            os.close(rep_w)
+        self.requests, self.replies = Connection(req_w, readable=False), Connection(rep_r, writable=False)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="coxlmm-loggers-pipe", daemon=True)
+        self._writer.start()
+        self.send(list(sys.path))
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.requests.send(item)
+            except OSError:  # the process is gone: `wait` says so; the job goes on
+                return
+
+    def send(self, item: Any) -> None:
+        self._queue.put(item)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        token = repr(object())
+        self.send(("flush", token))
+        try:
+            while self.proc.poll() is None:
+                if self.replies.poll(timeout_s) and self.replies.recv() == token:
+                    return
+        except EOFError:  # the process is gone: `wait` says so
+            return
+
+    def wait(self) -> int:
+        """Close the pipe once every call is written, wait for the process; its exit code."""
+        self._queue.put(None)
+        self._writer.join()
+        self.requests.close()
+        code = self.proc.wait()
+        self.replies.close()
+        return code
+
+
 class JobLog:
     """One job's loggers, from its start to its end (see the module doc). Only global rank 0 logs.
 
-    Off the job's critical path: the loggers live in a process of their own (`_serve`, started with `spawn`),
-    which builds them (W&B's run started) and runs every call in the order made while the job goes on;
-    `finish` waits for all of it, then closes the runs as `success` or `failed`. In a process, not a thread:
-    importing and running W&B takes seconds of Python, which a thread would take from the job under the GIL
-    (1.5 s of a cached job, bench/cached_job.py). The calls carry plain values and file paths (`LayerRecord`).
-    A bad `logger` config still fails at once, here. `background=False`, or a process that cannot start, runs
-    every call in the caller's thread (`loggers` then holds the loggers)."""
+    Off the job's critical path: the loggers live in a process of their own (`serve`), which builds them (W&B's
+    run started) and runs every call in the order made while the job goes on; `finish` waits for all of it,
+    then closes the runs as `success` or `failed`. In a process, not a thread: importing and running W&B takes
+    seconds of Python, which a thread would take from the job under the GIL (1.5 s of a cached job,
+    bench/cached_job.py). A plain subprocess, not `multiprocessing`: a launcher's worker (joblib's loky) may
+    hold a start method a fresh interpreter does not know. The calls carry plain values and file paths
+    (`LayerRecord`). A bad `logger` config still fails at once, here. `background=False`, or a process that
+    cannot start, runs every call in the caller's thread (`loggers` then holds the loggers)."""
 
     def __init__(self, cfg_logger: Mapping[str, Any] | DictConfig | None, resolved_cfg: Mapping[str, Any],
                  background: bool = True):
@@ -349,9 +406,13 @@ class JobLog:
 
         nodes = resolve_logger_cfg(cfg_logger) if global_rank() == 0 else {}
         self._here = Loggers()
-        self._process = None
+        self._process: _Process | None = None
         if background and nodes:
-            self._process = self._start()
+            try:
+                self._process = _Process()
+            except OSError as e:
+                warnings.warn(f"the loggers' process could not start ({type(e).__name__}: {e}); the job logs from "
+                              "its own process.", RuntimeWarning, stacklevel=2)
         self._call("open", nodes, dict(resolved_cfg))
 
     @property
@@ -359,44 +420,17 @@ class JobLog:
         """The loggers built in this process ([] while they live in the loggers' process)."""
         return self._here.loggers
 
-    def _start(self):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the job's torch state
-        self._requests, self._replies = ctx.Queue(), ctx.Queue()
-        try:
-            process = ctx.Process(target=_serve, args=(self._requests, self._replies), name="coxlmm-loggers")
-            process.start()
-        except Exception as e:  # noqa: BLE001 - e.g. a daemonic launcher's worker: log from this process instead
-            warnings.warn(f"the loggers' process could not start ({type(e).__name__}: {e}); the job logs from its own "
-                          "process.", RuntimeWarning, stacklevel=3)
-            return None
-        return process
-
     def _call(self, name: str, *args: Any) -> None:
         """`Loggers.<name>(*args)` in the loggers' process (queued, in order), or here without one."""
         if self._process is None:
             getattr(self._here, name)(*args)
         else:
-            self._requests.put((name, args))
+            self._process.send((name, args))
 
     def flush(self) -> None:
-        """Wait until every call made so far has run."""
-        import queue
-
-        if self._process is None:
-            return
-        token = object().__repr__()
-        self._requests.put(("flush", token))
-        while True:
-            try:
-                if self._replies.get(timeout=5.0) == token:
-                    return
-            except queue.Empty:
-                if not self._process.is_alive():
-                    warnings.warn(f"the loggers' process ended early (exit code {self._process.exitcode})",
-                                  RuntimeWarning, stacklevel=2)
-                    return
+        """Wait until every call made so far has run (or the loggers' process has ended)."""
+        if self._process is not None:
+            self._process.flush()
 
     def log_stages(self, stages: Mapping[str, Mapping[str, Any]], seconds: float, model_loaded: bool) -> None:
         """The model stages: per feature-store entry its counts, time and throughput."""
@@ -423,12 +457,11 @@ class JobLog:
         `coxlmm/status` and the error."""
         self._call("finish", status, error)
         if self._process is not None:
-            self._process.join()
-            if self._process.exitcode:
-                warnings.warn(f"the loggers' process ended with exit code {self._process.exitcode}", RuntimeWarning,
-                              stacklevel=2)
-            self._requests.close()
+            code = self._process.wait()
             self._process = None
+            if code:
+                warnings.warn(f"the loggers' process ended with exit code {code}: the W&B run may be incomplete "
+                              "(its error is above)", RuntimeWarning, stacklevel=2)
 
 
 def _cell(x: Any) -> Any:
@@ -460,3 +493,10 @@ def finish(loggers: Sequence["Logger"], status: str = "success") -> None:
         run = logger.experiment if _is_wandb_logger(logger) else None  # opened by `log_hyperparams` (JobLog._open)
         if run is not None and hasattr(run, "finish"):
             _safely(logger, "finish", lambda: run.finish(exit_code=0 if status == "success" else 1))
+
+
+if __name__ == "__main__":  # the loggers' process of a job (`JobLog`)
+    import sys
+    from multiprocessing.connection import Connection
+
+    serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
