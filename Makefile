@@ -47,13 +47,14 @@ train-scorer: install
 quality: install
 	$(PY) bench/depalm_quality.py $(ARGS)
 
-# The paper sweeps read 4,000 + 400 world images per token (~920 + ~95 samples) to stay within 30 min;
-# `make paper PAPER_DATA=` uses the default run's 9,000 + 1,300 (~2,080 + ~300 samples).
+# The paper sweeps read 4,000 + 400 world images per token (~920 + ~95 samples); `make paper PAPER_DATA=` uses
+# the default run's 9,000 + 1,300 (~2,080 + ~300 samples).
 PAPER_DATA ?= data.n_train=4000 data.n_test=400
 PAPER_SWEEPS := paper_table1 layer_ablation k_ablation paper_shape_first paper_heldout
 
 paper: install
-	@# The paper's sweeps on the embedded default, within 30 min on 2 cores from an empty cache (docs/sweeps.md).
+	@# The paper's sweeps on the embedded default (docs/sweeps.md). On 2 cores from an empty cache, paper_table1
+	@# alone took 82 min under issue 18's protocol (3 noise draws, 20 null draws, bootstrap refits): README, Benchmarks.
 	@# Old sweep dirs go first: coxlmm-tables reads every job dir under a sweep. The first job of each token
 	@# extracts its features and noise source under the store's lock; every other job reads the cache.
 	rm -rf $(addprefix outputs/multirun/,$(PAPER_SWEEPS))

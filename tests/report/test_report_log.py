@@ -227,7 +227,7 @@ def test_concept_table_images_are_the_browsers_thumbnails_where_it_wrote_them(tm
     cs, ds, _ = tiny_run(tmp_path)
     (tmp_path / "thumbs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "thumbs" / "train_1.jpg")  # sample 1's, as the browser names it
-    columns, rows = concept_table(cs, ds, [0, 1], thumbs=tmp_path)
+    columns, rows = concept_table(cs, ds, [0, 1], run_dir=tmp_path)
     assert columns[3:] == ["mas_1", "mas_2"]
     (a, b), (c, d) = [row[3:] for row in rows]
     assert b == c == str(tmp_path / "thumbs" / "train_1.jpg")  # the thumbnail's path: no image drawn again

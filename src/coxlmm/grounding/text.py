@@ -126,8 +126,10 @@ def filter_reasons(
     declared factor values)."""
     vocabulary = grounding_vocabulary() if vocabulary is None else vocabulary
     stop = stopwords() if stop is None else stop
-    keep = frozenset(w.casefold() for w in keep)  # checked beside `stop` and `vocabulary`, never merged into them:
-    reasons: list[str] = []                        # a copy of the 200k-word vocabulary per call cost 0.2 s a job
+    # `keep` is checked beside `stop` and `vocabulary`, never merged into them: a copy of the 200k-word
+    # vocabulary per call cost 0.2 s a job
+    keep = frozenset(w.casefold() for w in keep)
+    reasons: list[str] = []
     seen: set[str] = set()
     for piece in pieces:
         text = _strip_piece(piece)

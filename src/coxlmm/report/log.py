@@ -142,12 +142,12 @@ def concept_table(
     dataset: Any = None,
     row_to_index: Sequence[int] | Mapping[int, int] | None = None,
     image: Callable[[Any], Any] = lambda im: im,
-    thumbs: Path | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[list[str], list[list[Any]]]:
     """(columns, rows) of the concepts table: id, words, top sample ids, then one column per
     X_k,MAS image (None where a concept has fewer). A sample's image is the concept browser's thumbnail
-    (`thumbs/train_<index>.jpg` in the run dir `thumbs`, passed to `image` as a path) when there is one,
-    else drawn from `dataset` (`image(PIL)`); `image` wraps each, e.g. `wandb.Image`."""
+    (`<run_dir>/thumbs/train_<index>.jpg`, passed to `image` as a path) when there is one, else drawn from
+    `dataset` (`image(PIL)`); `image` wraps each, e.g. `wandb.Image`."""
     from coxlmm.report.browser.export import thumb_name
 
     cs = concept_set
@@ -160,7 +160,7 @@ def concept_table(
             cell = None
             if j < len(cs.top_indices[k]):
                 index = int(row_to_index[cs.top_indices[k][j]])
-                thumb = Path(thumbs) / thumb_name("train", index) if thumbs is not None else None
+                thumb = Path(run_dir) / thumb_name("train", index) if run_dir is not None else None
                 if thumb is not None and thumb.is_file():
                     cell = image(str(thumb))
                 elif (pil := dataset[index].image) is not None:
@@ -180,10 +180,10 @@ class LayerRecord:
     layer: Layer
     multi: bool  # one of several layers of the run: metrics on the `layer` axis, keys prefixed
     metrics: dict[str, float]
-    concepts: tuple[list[str], list[list[Any]]]  # `concept_table`: images are thumbnail paths or PIL images
+    concepts: tuple[list[str], list[list[Any]]]  # `concept_table` (images: thumbnail paths or PIL images), W&B's
     tables: dict[str, list[dict[str, Any]]]  # the layer's table artefacts (recovery, grounding points, ...)
     figures: dict[str, str]  # name -> PNG path
-    report_html: str | None  # the concept browser's page, thumbnails inlined (`inline_report_html`), if written
+    report_html: str | None  # the concept browser's page, thumbnails inlined (`inline_report_html`), for W&B
     out_dir: str
     method: str
     token: str
@@ -193,14 +193,14 @@ class LayerRecord:
         return self.layer.prefix if self.multi else ""
 
     @classmethod
-    def of(cls, res: Any, multi: bool) -> "LayerRecord":
-        """From the pipeline's `LayerResult`."""
-        concepts = concept_table(res.concepts, res.dataset, [r["index"] for r in res.train_records],
-                                 thumbs=Path(res.out_dir))
+    def of(cls, res: Any, multi: bool, media: bool = True) -> "LayerRecord":
+        """From the pipeline's `LayerResult`; `media`: with the concept table's images and the page (W&B's)."""
+        concepts = concept_table(res.concepts, res.dataset if media else None,
+                                 [r["index"] for r in res.train_records], run_dir=Path(res.out_dir))
         tables = {name: art for name, art in res.artifacts.items()
                   if isinstance(art, list) and art and isinstance(art[0], dict)}
         page = None
-        if (Path(res.out_dir) / "report.html").is_file():  # inlined here (30 ms): the browser imports torch
+        if media and (Path(res.out_dir) / "report.html").is_file():  # inlined here (30 ms): the browser imports torch
             from coxlmm.report.browser import inline_report_html
 
             page = inline_report_html(Path(res.out_dir))
@@ -405,12 +405,13 @@ class JobLog:
         from coxlmm.process import global_rank
 
         nodes = resolve_logger_cfg(cfg_logger) if global_rank() == 0 else {}
+        self._media = any(_is_wandb(node["_target_"]) for node in nodes.values())  # only W&B logs images, pages
         self._here = Loggers()
         self._process: _Process | None = None
         if background and nodes:
             try:
                 self._process = _Process()
-            except OSError as e:
+            except (OSError, ValueError) as e:  # ValueError: no pass_fds (Windows)
                 warnings.warn(f"the loggers' process could not start ({type(e).__name__}: {e}); the job logs from "
                               "its own process.", RuntimeWarning, stacklevel=2)
         self._call("open", nodes, dict(resolved_cfg))
@@ -446,7 +447,7 @@ class JobLog:
     def log_layer(self, res: Any, multi: bool) -> None:
         """A layer's metrics (on the `layer` axis when the run has several), tables, figures, dictionary."""
         if self._process is not None or self.loggers:
-            self._call("layer", LayerRecord.of(res, multi))
+            self._call("layer", LayerRecord.of(res, multi, self._media))
 
     def log_summary(self, metrics: Mapping[str, float]) -> None:
         """The job's whole metrics.json, once, in the run summary (W&B) and the CSV."""
