@@ -162,6 +162,8 @@ def test_thumbnails_are_drawn_once_into_the_cache_and_linked_by_later_runs(tmp_p
     assert (second / "report.json").read_text() == (first / "report.json").read_text()
     other = thumb_cache_dirs(tmp_path / "cache", {"train": {"name": "toy", "n": 41}})  # another dataset: its own
     assert other["train"] != cache["train"] and cache["train"] != cache["test"]
+    third = write_run_report(tmp_path / "c", **{**kw, "image": image}, thumb_cache=cache, thumb_px=48).parent
+    assert len(drawn) > n_first + 1 and all(max(Image.open(t).size) <= 48 for t in (third / "thumbs").glob("*.jpg"))
 
 
 def test_inline_html_carries_its_thumbnails(toy):

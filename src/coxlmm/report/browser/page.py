@@ -74,12 +74,12 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def thumb_cache_dirs(root: Path | None, datasets: Mapping[str, Any], px: int = THUMB_PX) -> dict[str, Path]:
+def thumb_cache_dirs(root: Path | None, datasets: Mapping[str, Any]) -> dict[str, Path]:
     """{split: the folder of its thumbnails in the cache `root`}, keyed by the split's dataset fingerprint (the
-    key of its features too), the size and the JPEG quality; {} without a root."""
+    key of its features too) and the JPEG quality; {} without a root. `write_run_report` keeps each size apart."""
     if root is None:
         return {}
-    return {split: Path(root) / content_key({"images": fingerprint, "px": px, "quality": JPEG_QUALITY})
+    return {split: Path(root) / content_key({"images": fingerprint, "quality": JPEG_QUALITY})
             for split, fingerprint in datasets.items()}
 
 
@@ -132,7 +132,8 @@ def write_run_report(
     shutil.rmtree(out_dir / THUMB_DIR, ignore_errors=True)  # ours: thumbnails of an earlier run here
     def thumbnail(key: tuple[str, int]) -> tuple[str, int] | None:
         path = out_dir / thumb_name(*key)
-        cached = Path(thumb_cache[key[0]]) / thumb_name(*key) if key[0] in (thumb_cache or {}) else None
+        cached = (Path(thumb_cache[key[0]]) / f"px{thumb_px}" / thumb_name(*key)
+                  if key[0] in (thumb_cache or {}) else None)
         if cached is None or not cached.is_file():
             im = image(*key)
             if im is None:
