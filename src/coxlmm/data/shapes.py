@@ -267,6 +267,11 @@ def target_object(attrs: dict[str, Any], caption: str, token: str) -> int | None
     return max(candidates, key=agreement)  # max keeps the first of equal scores: canonical order
 
 
+# (factor, value, its whole-word pattern), compiled once: every job re-annotates each selected sample
+_VALUE_PATTERNS = tuple((f, v, re.compile(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", re.IGNORECASE))
+                        for f, values in FACTOR_VALUES.items() for v in values)
+
+
 def named_values(prefix: str) -> dict[str, str]:
     """factor -> the value word of that factor the text names last (nearest the end), for every factor
     the text names at all ("a large red circle and a small blue" -> colour: blue, size: small)."""
@@ -277,10 +282,6 @@ def named_values(prefix: str) -> dict[str, str]:
                 out[f] = (m.start(), v)
     return {f: v for f, (_, v) in out.items()}
 
-
-# (factor, value, its whole-word pattern), compiled once: every job re-annotates each selected sample
-_VALUE_PATTERNS = tuple((f, v, re.compile(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", re.IGNORECASE))
-                        for f, values in FACTOR_VALUES.items() for v in values)
 
 
 def annotate_caption(attrs: dict[str, Any], caption: str, prefix: str, token: str,

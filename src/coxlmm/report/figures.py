@@ -18,7 +18,6 @@ boxes are (x0, y0, x1, y1) with x1, y1 exclusive.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from coxlmm.errors import CoxlmmError
 from coxlmm.grounding.local import rank_concepts
 from coxlmm.io import atomic_write
+from coxlmm.packages import package_dir
 
 if TYPE_CHECKING:
     from coxlmm.concepts.base import Dictionary
@@ -160,14 +161,11 @@ class LocalLayout:
 def _font(px: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans at `px` pixels (the file matplotlib ships, found without importing matplotlib: 0.2 s); Pillow's
     own font if it cannot be read."""
-    spec = importlib.util.find_spec("matplotlib")
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
     try:
-        if spec is None or not spec.submodule_search_locations:
-            raise OSError("matplotlib is not installed")
-        path = Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf" / name
-        return ImageFont.truetype(str(path), px)
-    except OSError:
+        fonts = Path(package_dir("matplotlib", "matplotlib")) / "mpl-data" / "fonts" / "ttf"
+        return ImageFont.truetype(str(fonts / name), px)
+    except (CoxlmmError, OSError):  # no matplotlib, or another layout
         return ImageFont.load_default(px)
 
 

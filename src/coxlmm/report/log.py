@@ -16,13 +16,19 @@ W&B specifics (filled in when the config leaves them empty):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import gc
 import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,10 +229,13 @@ class Loggers:
             if not _safely(logger, "the config", lambda: logger.log_hyperparams(resolved_cfg)):
                 loggers.remove(logger)
         self.loggers = loggers
-        if any(_is_wandb_logger(lg) for lg in loggers) and importlib.util.find_spec("pandas") is not None:
+        if any(_is_wandb_logger(lg) for lg in loggers):
             # W&B's Table imports pandas (0.3 s) to check its data's type: imported now, while the job computes,
             # not once the layer's tables arrive at the end of the job
-            importlib.import_module("pandas")
+            try:
+                import pandas  # noqa: F401
+            except ImportError:
+                pass
 
     def _each(self, what: str, fn: Callable[["Logger"], Any], wandb_only: bool = False) -> None:
         for logger in self.loggers:
@@ -262,9 +271,10 @@ class Loggers:
             run_dir = Path(lg.experiment.dir).parent
             with _artifact_staging_in(run_dir):
                 columns, rows = rec.concepts
+                images = [c.startswith("mas_") for c in columns]  # `concept_table`'s X_k,MAS columns
                 lg.log_table(key=f"{rec.prefix}concepts", columns=columns,
-                             data=[[wandb.Image(c) if j > 2 and c is not None else c for j, c in enumerate(row)]
-                                   for row in rows])
+                             data=[[wandb.Image(c) if is_image and c is not None else c
+                                    for is_image, c in zip(images, row)] for row in rows])
                 for name, art in rec.tables.items():
                     cols = list(dict.fromkeys(k for row in art for k in row))
                     lg.log_table(key=f"{rec.prefix}{name}", columns=cols,
@@ -309,10 +319,6 @@ def serve(requests: Any, replies: Any) -> None:
     message is the job's `sys.path` (a logger's `_target_` imports as in the job). The job's end of the pipe
     closing (the job was killed) ends the runs as failed. Ctrl-C reaches the whole process group: this process
     ignores it, so that the job can close its runs as failed."""
-    import signal
-    import sys
-    import traceback
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loggers = Loggers()
     sys.path[:] = requests.recv()
@@ -338,12 +344,6 @@ class _Process:
     one never blocks the job while the process is still starting W&B), `wait` ends it."""
 
     def __init__(self) -> None:
-        import queue
-        import subprocess
-        import sys
-        import threading
-        from multiprocessing.connection import Connection
-
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         try:
@@ -497,9 +497,5 @@ def finish(loggers: Sequence["Logger"], status: str = "success") -> None:
 
 
 if __name__ == "__main__":  # the loggers' process of a job (`JobLog`)
-    import gc
-    import sys
-    from multiprocessing.connection import Connection
-
     serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
     gc.freeze()  # the exit skips its last full collection of W&B's and pandas' objects (0.3 s the job waits for)
